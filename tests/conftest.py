@@ -1,0 +1,53 @@
+"""Shared fixtures: API clients logged in as each built-in role."""
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from apps.accounts.models import PermissionAssignment, PermissionSet
+
+from .factories import UserFactory
+
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture
+def api():
+    """An unauthenticated API client."""
+    return APIClient()
+
+
+@pytest.fixture
+def admin_user(db):
+    return UserFactory(username="root", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def admin_api(admin_user):
+    client = APIClient()
+    client.force_authenticate(admin_user)
+    return client
+
+
+def _role_client(role: str, packs=None):
+    user = UserFactory(username=f"{role}-user")
+    PermissionAssignment.objects.create(identity=user, permission_set=PermissionSet.objects.get(name=role), packs=packs)
+    client = APIClient()
+    client.force_authenticate(user)
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def viewer_api(db):
+    return _role_client("viewer")
+
+
+@pytest.fixture
+def operator_api(db):
+    return _role_client("operator")
+
+
+@pytest.fixture
+def editor_api(db):
+    return _role_client("editor")

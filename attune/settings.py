@@ -210,7 +210,7 @@ SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("ATTUNE_JWT_ACCESS_MINUTES", 60)),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("ATTUNE_JWT_REFRESH_DAYS", 7)),
     "UPDATE_LAST_LOGIN": True,
-    "AUTH_HEADER_TYPES": ("Bearer", "JWT"),
+    "AUTH_HEADER_TYPES": ("Bearer",),
 }
 
 SPECTACULAR_SETTINGS = {

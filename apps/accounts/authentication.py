@@ -33,3 +33,21 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return self.keyword
+
+
+try:  # describe the scheme in the OpenAPI document
+    from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+    class ApiTokenScheme(OpenApiAuthenticationExtension):
+        target_class = "apps.accounts.authentication.ApiTokenAuthentication"
+        name = "ApiToken"
+
+        def get_security_definition(self, auto_schema):
+            return {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "Service-account API token: `Authorization: Token <value>`.",
+            }
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import django_filters
+from django.db.models import Q
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework.exceptions import PermissionDenied
+
+from apps.accounts.permissions import has_grant
+from apps.core.api.views import ModelViewSet
+from apps.keys.models import Key
+
+from .serializers import KeySerializer
+
+DECRYPT_PARAM = OpenApiParameter(
+    "decrypt", OpenApiTypes.BOOL, description="Show secret values in clear (needs the keys:decrypt grant)."
+)
+
+
+class KeyFilter(django_filters.FilterSet):
+    name = django_filters.CharFilter()
+    prefix = django_filters.CharFilter(field_name="name", lookup_expr="startswith")
+
+    class Meta:
+        model = Key
+        fields = ["name", "prefix", "scope", "owner", "secret"]
+
+
+@extend_schema_view(list=extend_schema(parameters=[DECRYPT_PARAM]), retrieve=extend_schema(parameters=[DECRYPT_PARAM]))
+class KeyViewSet(ModelViewSet):
+    resource = "keys"
+    serializer_class = KeySerializer
+    filterset_class = KeyFilter
+    search_fields = ["name", "owner"]
+    ordering_fields = ["name", "scope", "created", "updated"]
+
+    def get_queryset(self):
+        # Expired keys are invisible even before the scheduler purges them.
+        now = timezone.now()
+        return Key.objects.select_related("created_by").filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        wants = self.request.query_params.get("decrypt", "").lower() in {"1", "true", "yes"}
+        if wants and self.request.method == "GET":
+            if not has_grant(self.request.user, "keys", "decrypt"):
+                raise PermissionDenied("decrypting secret keys needs the keys:decrypt grant.")
+            context["decrypt"] = True
+        return context

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from apps.actions.models import Action
+from apps.packs.api.serializers import PackComponentSerializer
+from apps.rules.criteria import criteria_errors
+from apps.rules.models import Enforcement, Rule
+from apps.triggers.models import Trigger
+
+
+class RuleSerializer(PackComponentSerializer):
+    trigger = serializers.SlugRelatedField(slug_field="ref", queryset=Trigger.objects.all())
+    action = serializers.SlugRelatedField(slug_field="ref", queryset=Action.objects.all())
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = Rule
+        fields = PackComponentSerializer.base_fields + [
+            "trigger", "trigger_params", "criteria", "condition", "action", "action_params", "enabled", "owner",
+            "next_fire_at", "last_fired_at",
+        ]
+        read_only_fields = ["next_fire_at", "last_fired_at"]
+
+    def validate_criteria(self, value):
+        errors = criteria_errors(value)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+    def validate_trigger_params(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("trigger_params must be an object")
+        return value
+
+    def validate_action_params(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("action_params must be an object")
+        return value
+
+
+class EnforcementSerializer(serializers.ModelSerializer):
+    rule = serializers.CharField(source="rule_ref", read_only=True)
+
+    class Meta:
+        model = Enforcement
+        fields = ["id", "rule", "event", "status", "criteria", "condition", "parameters", "execution",
+                  "failure_reason", "created"]
+        read_only_fields = fields

@@ -254,6 +254,10 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("ATTUNE_VISIBILITY_TIMEOUT", 7200)}
     CELERY_RESULT_BACKEND = ATTUNE_REDIS_URL
 ATTUNE_WORKER_CONCURRENCY = env_int("ATTUNE_WORKER_CONCURRENCY", 8)
+# Queues by task family, so long shell actions cannot starve orchestration. Embedded workers consume all.
+ATTUNE_QUEUES = ["attune", "orchestration", "actions.inprocess", "actions.shell", "actions.python", "actions.node"]
+ATTUNE_WORKER_HEARTBEAT_SECONDS = float(env_str("ATTUNE_WORKER_HEARTBEAT_SECONDS", "5"))
+ATTUNE_WORKER_STALE_SECONDS = float(env_str("ATTUNE_WORKER_STALE_SECONDS", "30"))
 ATTUNE_SCHEDULER_TICK_SECONDS = float(env_str("ATTUNE_SCHEDULER_TICK_SECONDS", "1.0"))
 
 # --- Channels ------------------------------------------------------------------------------------

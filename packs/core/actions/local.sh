@@ -1,0 +1,3 @@
+#!/bin/sh
+eval "$(cat)"
+exec /bin/sh -c "$cmd"

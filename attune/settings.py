@@ -153,7 +153,8 @@ if EMBEDDED:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
-            "TEST": {"NAME": str(ATTUNE_HOME / "test.sqlite3")},
+            # One file per test process, so parallel runs never share a test database.
+            "TEST": {"NAME": str(ATTUNE_HOME / f"test-{os.getpid()}.sqlite3")},
         }
     }
 else:
@@ -244,7 +245,7 @@ CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 if EMBEDDED:
-    CELERY_BROKER_URL = "memory://"
+    CELERY_BROKER_URL = "memory://localhost/"
     # The memory transport polls once a second by default: 5 ms keeps an in-process hop cheap.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.005}
     CELERY_RESULT_BACKEND = "cache+memory://"

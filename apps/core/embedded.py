@@ -9,6 +9,7 @@ import logging
 import threading
 
 from celery import worker as celery_worker
+from celery.result import _set_task_join_will_block
 from django.conf import settings
 
 from attune.celery import app
@@ -51,6 +52,8 @@ class EmbeddedWorker:
         self.thread.start()
         if not self.controller.ready_event.wait(timeout):
             raise RuntimeError(f"the embedded Celery worker did not start within {timeout:.0f}s")
+        # Starting a worker marks this process as "inside a task"; the web side of the process is not.
+        _set_task_join_will_block(False)
         log.info("embedded worker consuming %s with %d threads", ", ".join(self.queues), self.concurrency)
 
     def stop(self, timeout: float = 15.0) -> None:

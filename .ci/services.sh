@@ -51,7 +51,7 @@ find_pg_bin() {
     # Prefer Debian's versioned directory (highest version first): /usr/bin/pg_ctl* are Perl wrappers
     # (pg_ctlcluster) on Debian, and /usr/local/bin/pg_ctl may be a symlink or a wrapper of some kind.
     local d cand
-    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5,5 -rn); do
+    for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -t/ -k5,5 -rn); do
         if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ]; then PGBIN="$d"; return 0; fi
     done
     if command -v pg_config >/dev/null 2>&1; then
@@ -139,7 +139,7 @@ stop_services() {
             log "stopping PostgreSQL (pid $pid)"
             if [ -n "$PGBIN" ]; then as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" stop -m fast -w -t 30 >/dev/null 2>&1 || true; fi
             pid_alive "$pid" && { kill -TERM "$pid" 2>/dev/null || true; sleep 2; }
-            pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+            if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
         fi
     fi
     if [ -f "$REDIS_PID" ]; then
@@ -150,7 +150,7 @@ stop_services() {
             if [ -n "$port" ] && [ -n "$REDIS_CLI" ]; then "$REDIS_CLI" -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true; fi
             for _ in 1 2 3 4 5 6 7 8 9 10; do pid_alive "$pid" || break; sleep 0.3; done
             pid_alive "$pid" && { kill -TERM "$pid" 2>/dev/null || true; sleep 1; }
-            pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+            if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
         fi
     fi
     # Keep the logs for a post-mortem; the data directory goes.

@@ -2,13 +2,25 @@
 from __future__ import annotations
 
 import pytest
+from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from apps.accounts.models import PermissionAssignment, PermissionSet
+from apps.accounts.services import sync_builtin_sets
 
 from .factories import UserFactory
 
 PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords_and_clean_cache(settings):
+    """Django 5.2 hashes passwords with 1,000,000 PBKDF2 rounds (~0.8 s here): tests use a fast hasher.
+    The login throttle counts in the cache, cleared around each test so one test never throttles another."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture
@@ -30,6 +42,7 @@ def admin_api(admin_user):
 
 
 def _role_client(role: str, packs=None):
+    sync_builtin_sets()  # a transactional test's flush removes the rows the data migration made
     user = UserFactory(username=f"{role}-user")
     PermissionAssignment.objects.create(identity=user, permission_set=PermissionSet.objects.get(name=role), packs=packs)
     client = APIClient()

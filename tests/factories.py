@@ -44,7 +44,11 @@ class PackFactory(factory.django.DjangoModelFactory):
 
 
 def runtime(name: str = "shell") -> Runtime:
-    return Runtime.objects.get(name=name)
+    """A built-in runtime. Migrations create them, but a transactional test's flush removes them."""
+    from apps.packs.runtimes import BUILTIN_RUNTIMES
+
+    spec = next(s for s in BUILTIN_RUNTIMES if s["name"] == name)
+    return Runtime.objects.get_or_create(name=name, defaults={k: v for k, v in spec.items() if k != "name"})[0]
 
 
 class ActionFactory(factory.django.DjangoModelFactory):

@@ -84,6 +84,7 @@ def test_from_narrows_the_allowed_sources():
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_transitions_have_exactly_one_winner():
+    # Four terminal targets that all start from running: exactly one process may end the execution.
     execution = ExecutionFactory(status=S.RUNNING)
     results: list[bool] = []
     barrier = threading.Barrier(4)
@@ -94,10 +95,10 @@ def test_concurrent_transitions_have_exactly_one_winner():
         results.append(transition(copy, to=target))
         connection.close()
 
-    threads = [threading.Thread(target=attempt, args=(t,)) for t in (S.SUCCEEDED, S.FAILED, S.TIMEOUT, S.CANCELING)]
+    threads = [threading.Thread(target=attempt, args=(t,)) for t in (S.SUCCEEDED, S.FAILED, S.TIMEOUT, S.ABANDONED)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
     assert sorted(results) == [False, False, False, True]
-    assert Execution.objects.get(pk=execution.pk).status in {S.SUCCEEDED, S.FAILED, S.TIMEOUT, S.CANCELING}
+    assert Execution.objects.get(pk=execution.pk).status in {S.SUCCEEDED, S.FAILED, S.TIMEOUT, S.ABANDONED}

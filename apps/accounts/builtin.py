@@ -18,7 +18,6 @@ BUILTIN_SETS: dict[str, dict] = {
             [{"resource": r, "actions": ["view"]} for r in READABLE]
             + [{"resource": r, "actions": ["create", "update", "delete"]} for r in CONFIG_RESOURCES]
             + [
-                {"resource": "packs", "actions": ["register"]},
                 {"resource": "actions", "actions": ["execute"]},
                 {"resource": "executions", "actions": ["create", "execute", "cancel"]},
                 {"resource": "inquiries", "actions": ["respond"]},

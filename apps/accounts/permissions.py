@@ -51,17 +51,38 @@ def grants_for(user) -> list[Grant]:
     return grants
 
 
-def has_grant(user, resource: str, action: str, pack: str | None = None) -> bool:
-    """May ``user`` do ``action`` on ``resource`` (in ``pack``, when the object belongs to one)?"""
+ANY_PACK = object()  # collection-level check: a grant limited to some packs is enough
+
+
+def has_grant(user, resource: str, action: str, pack=ANY_PACK) -> bool:
+    """May ``user`` do ``action`` on ``resource``?
+
+    ``pack`` is the pack of the object concerned: a pack ref, ``None`` for an object outside any pack (a
+    system key, an identity) — which only unrestricted grants cover — or :data:`ANY_PACK` for a
+    collection-level check, where a grant limited to some packs suffices (lists are narrowed separately).
+    """
     if not user or not user.is_authenticated or not user.is_active:
         return False
     if user.is_superuser:
         return True
     for grant in grants_for(user):
         if grant.covers(resource, action):
-            if grant.packs is None or pack is None or pack in grant.packs:
+            if grant.packs is None or pack is ANY_PACK or pack in grant.packs:
                 return True
     return False
+
+
+def visible_packs(user, resource: str, action: str = "view") -> frozenset[str] | None:
+    """The packs whose ``resource`` rows ``user`` may ``action``: ``None`` means all of them."""
+    if user.is_superuser:
+        return None
+    packs: set[str] = set()
+    for grant in grants_for(user):
+        if grant.covers(resource, action):
+            if grant.packs is None:
+                return None
+            packs |= grant.packs
+    return frozenset(packs)
 
 
 def has_unrestricted_grant(user, resource: str, action: str) -> bool:
@@ -102,19 +123,19 @@ class AttunePermission(permissions.BasePermission):
             # Endpoints about the caller themselves (auth/me, tokens) need only authentication.
             return True
         action = required_action(view)
-        pack = None
         if getattr(view, "action", None) == "create" and isinstance(request.data, dict):
-            pack = request.data.get("pack") if isinstance(request.data.get("pack"), str) else None
-        if pack is not None:
-            return has_grant(user, resource, action, pack)
-        # Pack-limited grants are checked again per object; here any grant for the resource suffices.
+            pack = request.data.get("pack")
+            if isinstance(pack, str):
+                return has_grant(user, resource, action, pack)
+        # Pack-limited grants are checked again per object, and lists are narrowed to the visible packs.
         return has_grant(user, resource, action)
 
     def has_object_permission(self, request, view, obj) -> bool:
         resource = getattr(view, "resource", None)
         if resource is None:
             return True
-        return has_grant(request.user, resource, required_action(view), object_pack(obj))
+        pack = ANY_PACK if getattr(view, "pack_lookup", None) == "*" else object_pack(obj)
+        return has_grant(request.user, resource, required_action(view), pack)
 
 
 class IsSuperuser(permissions.BasePermission):

@@ -172,6 +172,13 @@ class ReadOnlyAdminMixin:
         return bool(request.user.is_active and request.user.is_superuser)
 
 
+class FieldsetsReadOnlyMixin:
+    """Every field named in ``fieldsets`` is read-only (the detail page is a report, not a form)."""
+
+    def get_readonly_fields(self, request, obj=None):
+        return [name for _, options in self.fieldsets for name in options["fields"]]
+
+
 class ReadOnlyTabularInline(admin.TabularInline):
     extra = 0
     max_num = 0

@@ -7,4 +7,9 @@ class ExecutionsConfig(AppConfig):
     verbose_name = "Executions, policies and workers"
 
     def ready(self) -> None:
-        from . import workers  # noqa: F401  registers the worker reaper with the scheduler tick
+        from apps.core.health import register_check
+
+        from . import workers  # registers the worker reaper with the scheduler tick
+
+        # Informational: a web process with no worker yet is still ready to accept requests.
+        register_check("workers", lambda: {"ok": True, "online": workers.online_count()})

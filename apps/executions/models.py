@@ -139,6 +139,9 @@ class OutputChunk(models.Model):
             models.UniqueConstraint(fields=["execution", "stream", "offset"], name="uniq_output_chunk_offset")
         ]
 
+    def __str__(self) -> str:
+        return f"{self.stream}@{self.offset} of execution {self.execution_id}"
+
 
 class Artifact(TimestampedModel):
     """A named file or blob an execution produced (reports, logs, diffs)."""

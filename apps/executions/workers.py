@@ -69,6 +69,10 @@ class WorkerPresence:
             log.info("worker %s offline", self.worker.name)
 
 
+def online_count() -> int:
+    return Worker.objects.filter(state=Worker.State.ONLINE).count()
+
+
 @register("executions.reap_workers", every=5)
 def reap_stale_workers() -> int:
     """Workers whose heartbeat is older than the stale limit are marked dead (claimed conditionally)."""

@@ -111,7 +111,7 @@ def add_key_version() -> int:
     """Append a new key version to the embedded key file (ATTUNE_ENCRYPTION_KEYS is managed by the operator)."""
     if settings.ATTUNE_ENCRYPTION_KEYS:
         raise KeyRingError(
-            "the key ring comes from ATTUNE_ENCRYPTION_KEYS: add the new version there, restart, then rotate"
+            "the key ring comes from ATTUNE_ENCRYPTION_KEYS: add the new version there, restart, then run `attune keys reencrypt`"
         )
     ring = get_ring()
     keys = dict(ring.keys)

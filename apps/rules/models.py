@@ -9,11 +9,11 @@ from apps.core.statuses import EnforcementStatus
 
 
 class Rule(PackComponent):
-    trigger = models.ForeignKey("triggers.Trigger", on_delete=models.PROTECT, related_name="rules")
+    trigger = models.ForeignKey("triggers.Trigger", on_delete=models.RESTRICT, related_name="rules")
     trigger_params = models.JSONField(default=dict, blank=True)
     criteria = models.JSONField(default=dict, blank=True)
     condition = models.TextField(blank=True, default="", help_text="Optional boolean Jinja expression.")
-    action = models.ForeignKey("actions.Action", on_delete=models.PROTECT, related_name="rules")
+    action = models.ForeignKey("actions.Action", on_delete=models.RESTRICT, related_name="rules")
     action_params = models.JSONField(default=dict, blank=True)
     enabled = models.BooleanField(default=True, db_index=True)
     owner = models.ForeignKey(

@@ -157,6 +157,7 @@ class PermissionAssignmentSerializer(serializers.ModelSerializer):
     class Meta:
         model = PermissionAssignment
         fields = ["id", "identity", "permission_set", "packs", "created"]
+        validators: list = []  # uniqueness is checked in validate() with an error naming the field
 
     def validate_packs(self, value):
         if value is not None and (not isinstance(value, list) or not all(isinstance(p, str) for p in value)):

@@ -120,6 +120,7 @@ class ApiTokenViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewset
 
 class IdentityViewSet(ModelViewSet):
     resource = "identities"
+    pack_lookup = None
     lookup_field = "username"
     lookup_value_regex = r"[^/]+"
     serializer_class = IdentitySerializer
@@ -138,6 +139,7 @@ class IdentityViewSet(ModelViewSet):
 
 class PermissionSetViewSet(ModelViewSet):
     resource = "permission_sets"
+    pack_lookup = None
     lookup_field = "name"
     lookup_value_regex = r"[^/]+"
     queryset = PermissionSet.objects.all()
@@ -158,6 +160,7 @@ class PermissionSetViewSet(ModelViewSet):
 
 class PermissionAssignmentViewSet(ModelViewSet):
     resource = "permission_assignments"
+    pack_lookup = None
     queryset = PermissionAssignment.objects.select_related("identity", "permission_set")
     serializer_class = PermissionAssignmentSerializer
     filterset_fields = {"identity__username": ["exact"], "permission_set__name": ["exact"]}

@@ -2,13 +2,9 @@ from django.db import migrations
 
 
 def create_sets(apps, schema_editor):
-    from apps.accounts.builtin import BUILTIN_SETS
+    from apps.accounts.services import sync_builtin_sets
 
-    PermissionSet = apps.get_model("accounts", "PermissionSet")
-    for name, spec in BUILTIN_SETS.items():
-        PermissionSet.objects.update_or_create(
-            name=name, defaults={"description": spec["description"], "grants": spec["grants"], "builtin": True}
-        )
+    sync_builtin_sets(apps.get_model("accounts", "PermissionSet"))
 
 
 class Migration(migrations.Migration):

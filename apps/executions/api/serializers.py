@@ -35,7 +35,8 @@ class ExecutionSerializer(serializers.ModelSerializer):
     def get_queue_position(self, obj) -> int | None:
         if obj.status != ExecutionStatus.DELAYED:
             return None
-        return queue_position(obj)
+        annotated = getattr(obj, "queue_position", None)  # set by the list/detail queryset
+        return annotated if annotated is not None else queue_position(obj)
 
 
 class WorkerSerializer(serializers.ModelSerializer):

@@ -5,6 +5,7 @@ from django.db.models import Prefetch
 
 from apps.core.api.views import ModelViewSet, ReadOnlyViewSet, RefLookupMixin
 from apps.executions.models import Artifact, Execution, Policy, Worker
+from apps.executions.selectors import with_queue_position
 
 from .serializers import (
     ArtifactSerializer,
@@ -37,16 +38,21 @@ class ExecutionFilter(django_filters.FilterSet):
 
 class ExecutionViewSet(ReadOnlyViewSet):
     resource = "executions"
+    pack_lookup = "pack_ref"
     queryset = Execution.objects.select_related("started_by", "worker", "rule").prefetch_related(
         Prefetch("children", queryset=Execution.objects.only("id", "parent_id").order_by("id"))
     )
     serializer_class = ExecutionSerializer
     filterset_class = ExecutionFilter
+
+    def get_queryset(self):
+        return with_queue_position(super().get_queryset())
     ordering_fields = ["id", "created", "started_at", "finished_at", "status"]
 
 
 class WorkerViewSet(ReadOnlyViewSet):
     resource = "workers"
+    pack_lookup = "*"
     queryset = Worker.objects.all()
     serializer_class = WorkerSerializer
     filterset_fields = ["state", "hostname", "mode"]
@@ -55,6 +61,7 @@ class WorkerViewSet(ReadOnlyViewSet):
 
 class ArtifactViewSet(ReadOnlyViewSet):
     resource = "artifacts"
+    pack_lookup = "execution__pack_ref"
     queryset = Artifact.objects.select_related("execution")
     serializer_class = ArtifactSerializer
     filterset_fields = ["execution", "name", "content_type"]

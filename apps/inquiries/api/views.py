@@ -34,6 +34,7 @@ class InquiryFilter(django_filters.FilterSet):
 
 class InquiryViewSet(ReadOnlyViewSet):
     resource = "inquiries"
+    pack_lookup = "execution__pack_ref"
     queryset = Inquiry.objects.select_related("execution", "responded_by")
     serializer_class = InquirySerializer
     filterset_class = InquiryFilter

@@ -16,10 +16,12 @@ class KeySerializer(serializers.ModelSerializer):
         fields = ["id", "name", "scope", "owner", "value", "secret", "ttl_seconds", "expires_at", "key_version",
                   "created_by", "created", "updated"]
         read_only_fields = ["expires_at", "key_version"]
+        validators: list = []  # uniqueness is checked in validate() with an error naming the field
 
     def to_representation(self, instance):
         data = super().to_representation(instance)
-        decrypt = self.context.get("decrypt", False)
+        may_decrypt = self.context.get("may_decrypt")
+        decrypt = may_decrypt is not None and may_decrypt(instance)
         data["value"] = services.plain_value(instance) if decrypt else services.redacted_value(instance)
         return data
 
@@ -40,14 +42,18 @@ class KeySerializer(serializers.ModelSerializer):
         return attrs
 
     def _write(self, key: Key, validated: dict) -> Key:
+        # The ciphertext is bound to scope/owner/name: read the old value before any of them changes.
+        old_value = services.plain_value(key) if key.pk is not None else None
+        identity_changed = False
         for field in ("name", "scope", "owner"):
-            if field in validated:
+            if field in validated and validated[field] != getattr(key, field):
                 setattr(key, field, validated[field])
+                identity_changed = True
         secret = validated.get("secret", key.secret)
         if "value" in validated:
             services.apply_value(key, validated["value"], secret)
-        elif secret != key.secret:
-            services.apply_value(key, services.plain_value(key), secret)
+        elif secret != key.secret or (secret and identity_changed):
+            services.apply_value(key, old_value, secret)
         if "ttl_seconds" in validated:
             services.apply_ttl(key, validated["ttl_seconds"])
         key.save()

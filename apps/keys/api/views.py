@@ -6,10 +6,11 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
 
 from apps.accounts.permissions import has_grant
 from apps.core.api.views import ModelViewSet
-from apps.keys.models import Key
+from apps.keys.models import Key, KeyScope
 
 from .serializers import KeySerializer
 
@@ -35,10 +36,19 @@ class KeyViewSet(ModelViewSet):
     search_fields = ["name", "owner"]
     ordering_fields = ["name", "scope", "created", "updated"]
 
+    queryset = Key.objects.select_related("created_by")
+
     def get_queryset(self):
         # Expired keys are invisible even before the scheduler purges them.
         now = timezone.now()
-        return Key.objects.select_related("created_by").filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        return super().get_queryset().filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+    def restrict_to_packs(self, queryset, packs):
+        # Pack-limited callers see keys of their packs and of those packs' actions, never system/user keys.
+        visible = Q(scope=KeyScope.PACK, owner__in=sorted(packs))
+        for pack in packs:
+            visible |= Q(scope=KeyScope.ACTION, owner__startswith=f"{pack}.")
+        return queryset.filter(visible)
 
     def get_serializer_context(self):
         context = super().get_serializer_context()
@@ -46,5 +56,14 @@ class KeyViewSet(ModelViewSet):
         if wants and self.request.method == "GET":
             if not has_grant(self.request.user, "keys", "decrypt"):
                 raise PermissionDenied("decrypting secret keys needs the keys:decrypt grant.")
-            context["decrypt"] = True
+            # Each key is decrypted only if the grant covers its pack (system keys: unrestricted grants).
+            user = self.request.user
+            context["may_decrypt"] = lambda key: has_grant(user, "keys", "decrypt", key.pack_ref_for_permissions())
         return context
+
+    def retrieve(self, request, *args, **kwargs):
+        key = self.get_object()
+        context = self.get_serializer_context()
+        if "may_decrypt" in context and not context["may_decrypt"](key):
+            raise PermissionDenied("your keys:decrypt grant does not cover this key.")
+        return Response(self.get_serializer(key).data)

@@ -20,6 +20,11 @@ class PackSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["source", "path", "registered_at"]
 
+    def validate_ref(self, value: str) -> str:
+        if self.instance is not None and value != self.instance.ref:
+            raise serializers.ValidationError("a pack's ref cannot change (components and executions refer to it).")
+        return value
+
     def validate_version(self, value: str) -> str:
         if not SEMVER_RE.match(value):
             raise serializers.ValidationError(f"{value!r} is not a semantic version (MAJOR.MINOR.PATCH).")
@@ -40,6 +45,11 @@ class RuntimeSerializer(serializers.ModelSerializer):
     class Meta:
         model = Runtime
         fields = ["id", "name", "kind", "description", "interpreter", "queue", "enabled", "in_process", "created", "updated"]
+
+    def validate_name(self, value: str) -> str:
+        if self.instance is not None and value != self.instance.name:
+            raise serializers.ValidationError("a runtime's name cannot change (actions refer to it as runner_type).")
+        return value
 
 
 class PackComponentSerializer(serializers.ModelSerializer):

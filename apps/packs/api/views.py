@@ -16,6 +16,7 @@ class PackFilter(django_filters.FilterSet):
 
 class PackViewSet(RefLookupMixin, ModelViewSet):
     resource = "packs"
+    pack_lookup = "ref"
     queryset = Pack.objects.all()
     serializer_class = PackSerializer
     filterset_class = PackFilter
@@ -25,6 +26,7 @@ class PackViewSet(RefLookupMixin, ModelViewSet):
 
 class RuntimeViewSet(ModelViewSet):
     resource = "runtimes"
+    pack_lookup = "*"  # runtimes are global: any runtimes grant shows them all
     lookup_field = "name"
     queryset = Runtime.objects.all()
     serializer_class = RuntimeSerializer

@@ -42,6 +42,7 @@ class EnforcementFilter(django_filters.FilterSet):
 
 class EnforcementViewSet(ReadOnlyViewSet):
     resource = "enforcements"
+    pack_lookup = "rule__pack__ref"
     queryset = Enforcement.objects.all()
     serializer_class = EnforcementSerializer
     filterset_class = EnforcementFilter

@@ -56,6 +56,7 @@ class EventFilter(django_filters.FilterSet):
 
 class EventViewSet(ReadOnlyViewSet):
     resource = "events"
+    pack_lookup = "trigger__pack__ref"
     queryset = Event.objects.all()
     serializer_class = EventSerializer
     filterset_class = EventFilter

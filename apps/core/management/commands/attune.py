@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-
 import threading
 from pathlib import Path
 
@@ -53,6 +52,9 @@ class Command(BaseCommand):
     def cmd_setup(self, options) -> None:
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write(f"database ready ({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]})")
+        from apps.accounts.services import sync_builtin_sets
+
+        sync_builtin_sets()
         self.register_all()
         self.ensure_admin()
 

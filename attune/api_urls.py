@@ -7,6 +7,7 @@ from rest_framework.routers import DefaultRouter
 from apps.accounts.api import views as accounts
 from apps.actions.api.views import ActionViewSet
 from apps.executions.api.views import (
+    ActionOperationsViewSet,
     ArtifactViewSet,
     ExecutionViewSet,
     PolicyViewSet,
@@ -31,6 +32,7 @@ router = Router()
 router.register("packs", PackViewSet, basename="pack")
 router.register("runtimes", RuntimeViewSet, basename="runtime")
 router.register("actions", ActionViewSet, basename="action")
+router.register("actions", ActionOperationsViewSet, basename="action-operation")
 router.register("triggers", TriggerViewSet, basename="trigger")
 router.register("sensors", SensorViewSet, basename="sensor")
 router.register("rules", RuleViewSet, basename="rule")

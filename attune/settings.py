@@ -122,7 +122,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "attune.urls"
-WSGI_APPLICATION = None
+WSGI_APPLICATION = "attune.wsgi.application"
 ASGI_APPLICATION = "attune.asgi.application"
 
 TEMPLATES = [
@@ -260,6 +260,12 @@ ATTUNE_QUEUES = ["attune", "orchestration", "actions.inprocess", "actions.shell"
 ATTUNE_WORKER_HEARTBEAT_SECONDS = float(env_str("ATTUNE_WORKER_HEARTBEAT_SECONDS", "5"))
 ATTUNE_WORKER_STALE_SECONDS = float(env_str("ATTUNE_WORKER_STALE_SECONDS", "30"))
 ATTUNE_SCHEDULER_TICK_SECONDS = float(env_str("ATTUNE_SCHEDULER_TICK_SECONDS", "1.0"))
+# Action processes.
+ATTUNE_OUTPUT_MAX_BYTES = env_int("ATTUNE_OUTPUT_MAX_BYTES", 10 * 1024 * 1024)  # per stream
+ATTUNE_OUTPUT_FLUSH_SECONDS = float(env_str("ATTUNE_OUTPUT_FLUSH_SECONDS", "0.5"))
+ATTUNE_KILL_GRACE_SECONDS = float(env_str("ATTUNE_KILL_GRACE_SECONDS", "5"))
+# A `scheduled` execution no worker claimed for this long is dispatched again (a lost message).
+ATTUNE_REQUEUE_SECONDS = env_int("ATTUNE_REQUEUE_SECONDS", 120)
 
 # --- Channels ------------------------------------------------------------------------------------
 if EMBEDDED:

@@ -45,10 +45,13 @@ class PackFactory(factory.django.DjangoModelFactory):
 
 def runtime(name: str = "shell") -> Runtime:
     """A built-in runtime. Migrations create them, but a transactional test's flush removes them."""
-    from apps.packs.runtimes import BUILTIN_RUNTIMES
+    from apps.packs.runtimes import sync_builtin_runtimes
 
-    spec = next(s for s in BUILTIN_RUNTIMES if s["name"] == name)
-    return Runtime.objects.get_or_create(name=name, defaults={k: v for k, v in spec.items() if k != "name"})[0]
+    runtime = Runtime.objects.filter(name=name).first()
+    if runtime is None:
+        sync_builtin_runtimes()
+        runtime = Runtime.objects.get(name=name)
+    return runtime
 
 
 class ActionFactory(factory.django.DjangoModelFactory):

@@ -10,6 +10,9 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 COMPONENT_REF_RE = re.compile(r"^[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*$")
 
 
+RESERVED_PACK_REFS = frozenset({"register", "install"})  # /api/v1/packs/register and /install
+
+
 def validate_pack_ref(value: str) -> None:
     if not isinstance(value, str) or not PACK_REF_RE.match(value):
         raise ValidationError(
@@ -17,6 +20,9 @@ def validate_pack_ref(value: str) -> None:
             params={"value": value},
             code="invalid_ref",
         )
+    if value in RESERVED_PACK_REFS:
+        raise ValidationError("%(value)r is reserved (an API endpoint has that name).", params={"value": value},
+                              code="reserved_ref")
 
 
 def validate_name(value: str) -> None:

@@ -48,6 +48,9 @@ class Execution(TimestampedModel):
         max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.REQUESTED, db_index=True
     )
     parameters = models.JSONField(default=dict, blank=True, help_text="Secret parameters stored redacted.")
+    secret_parameters = models.TextField(
+        blank=True, default="", help_text="The real values of secret parameters, AES-256-GCM encrypted."
+    )
     result = models.JSONField(null=True, blank=True)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     original = models.ForeignKey(

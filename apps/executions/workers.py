@@ -22,6 +22,14 @@ HEARTBEAT_SECONDS = float(getattr(settings, "ATTUNE_WORKER_HEARTBEAT_SECONDS", 5
 STALE_SECONDS = float(getattr(settings, "ATTUNE_WORKER_STALE_SECONDS", 30))
 
 
+_current_worker_id: int | None = None
+
+
+def current_worker_id() -> int | None:
+    """The Worker row of this process, when it runs one."""
+    return _current_worker_id
+
+
 class WorkerPresence:
     """Registers this process as a worker and heartbeats until :meth:`stop`."""
 
@@ -44,6 +52,8 @@ class WorkerPresence:
             concurrency=self.concurrency,
             mode=settings.ATTUNE_MODE,
         )
+        global _current_worker_id
+        _current_worker_id = self.worker.pk
         self._thread = threading.Thread(target=self._beat, name="attune-heartbeat", daemon=True)
         self._thread.start()
         log.info("worker %s online (queues: %s)", self.worker.name, ", ".join(self.queues))

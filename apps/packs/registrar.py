@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from django.conf import settings
 from django.db import transaction
+from django.db.models import ProtectedError, RestrictedError
 from django.utils import timezone
 
 from apps.core.models import Source
@@ -133,9 +134,16 @@ def register_pack(path: str | Path) -> RegistrationResult:
         with transaction.atomic():
             pack = _register_manifest(root, ref, manifest, errors)
             if pack is not None:
+                seen: dict[str, set[int]] = {}
                 for kind, _folder, serializer_path in COMPONENTS:
-                    _register_components(pack, kind, files[kind], _import(serializer_path), errors, root, result)
-                _register_workflows(pack, root, workflow_files, errors)
+                    seen[kind] = _register_components(
+                        pack, kind, files[kind], _import(serializer_path), errors, root, result
+                    )
+                _register_workflows(pack, root, workflow_files, errors, seen["actions"])
+                if not errors:
+                    # Dependents first (a rule before the action it fires), so removing both files works.
+                    for kind, _folder, serializer_path in reversed(COMPONENTS):
+                        _prune(pack, kind, _import(serializer_path).Meta.model, seen[kind], errors, result)
             if errors:
                 raise PackError(root, errors)
     except PackError:
@@ -162,7 +170,7 @@ def _register_manifest(root: Path, ref: str, manifest: dict, errors: list[str]) 
     return pack
 
 
-def _register_components(pack, kind, loaded, serializer_cls, errors, root, result) -> None:
+def _register_components(pack, kind, loaded, serializer_cls, errors, root, result) -> set[int]:
     model = serializer_cls.Meta.model
     seen: set[int] = set()
     for file, data in loaded:
@@ -187,19 +195,38 @@ def _register_components(pack, kind, loaded, serializer_cls, errors, root, resul
         seen.add(obj.pk)
         bucket = result.updated if instance is not None else result.created
         bucket[kind] = bucket.get(kind, 0) + 1
+    return seen
+
+
+def _prune(pack, kind, model, seen: set[int], errors: list[str], result) -> None:
+    """Remove rows of ``kind`` that came from files now gone (API-created rows stay)."""
     stale = model.objects.filter(pack=pack, source=Source.PACK).exclude(pk__in=seen)
     removed = stale.count()
-    if removed:
-        stale.delete()
-        result.removed[kind] = removed
+    if not removed:
+        return
+    try:
+        with transaction.atomic():
+            stale.delete()
+    except (ProtectedError, RestrictedError) as exc:
+        blockers = exc.protected_objects if isinstance(exc, ProtectedError) else exc.restricted_objects
+        gone = ", ".join(sorted(str(obj) for obj in stale))
+        users = ", ".join(sorted({str(obj) for obj in blockers}))
+        errors.append(f"{kind}: cannot remove {gone} (file gone): still referenced by {users}")
+        return
+    result.removed[kind] = removed
 
 
-def _register_workflows(pack, root: Path, workflow_files: list[Path], errors: list[str]) -> None:
+def _register_workflows(pack, root: Path, workflow_files: list[Path], errors: list[str], action_ids=None) -> None:
+    from django.db.models import Q
+
     from apps.actions.models import Action
     from apps.workflows.models import WorkflowDefinition
 
     by_entry = {str(f.relative_to(root / "actions")): f for f in workflow_files}
-    for action in Action.objects.filter(pack=pack, runner_type__kind="workflow"):
+    actions = Action.objects.filter(pack=pack, runner_type__kind="workflow")
+    if action_ids is not None:  # skip rows whose files are gone (about to be pruned)
+        actions = actions.filter(Q(pk__in=action_ids) | ~Q(source=Source.PACK))
+    for action in actions:
         file = by_entry.get(action.entry_point)
         if file is None:
             errors.append(f"{action.file_path or 'actions'}: entry_point: {action.entry_point} not found under actions/")

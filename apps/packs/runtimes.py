@@ -15,3 +15,11 @@ BUILTIN_RUNTIMES = [
     {"name": "workflow", "kind": "workflow", "queue": "orchestration",
      "description": "Runs a YAML task graph through the conductor."},
 ]
+
+
+def sync_builtin_runtimes(Runtime=None) -> None:
+    """Create or refresh the built-in runtimes (migration, `attune setup`, tests after a flush)."""
+    if Runtime is None:
+        from .models import Runtime
+    for spec in BUILTIN_RUNTIMES:
+        Runtime.objects.update_or_create(name=spec["name"], defaults={k: v for k, v in spec.items() if k != "name"})

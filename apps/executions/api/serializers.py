@@ -93,3 +93,26 @@ class PolicySerializer(PackComponentSerializer):
         if errors:
             raise serializers.ValidationError(errors)
         return attrs
+
+
+class ExecuteSerializer(serializers.Serializer):
+    parameters = serializers.DictField(required=False, default=dict, help_text="Parameter name → value.")
+    timeout = serializers.IntegerField(required=False, min_value=1, help_text="Seconds; overrides the action's.")
+
+
+class ExecutionCreateSerializer(ExecuteSerializer):
+    action = serializers.CharField(help_text="Action ref, e.g. core.echo")
+
+
+class RerunSerializer(serializers.Serializer):
+    parameters = serializers.DictField(required=False, default=dict, help_text="Overrides of the original's.")
+
+
+class OutputSerializer(serializers.Serializer):
+    stream = serializers.ChoiceField(choices=["stdout", "stderr"])
+    offset = serializers.IntegerField()
+    next_offset = serializers.IntegerField()
+    data = serializers.CharField()
+    complete = serializers.BooleanField(help_text="The execution ended: no more output will come.")
+    truncated = serializers.BooleanField()
+    status = serializers.CharField()

@@ -1,16 +1,31 @@
 from __future__ import annotations
 
 import django_filters
-from django.db.models import Prefetch
+from django.db.models import Avg, Count, F, Prefetch
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, viewsets
+from rest_framework.decorators import action as route
+from rest_framework.response import Response
 
-from apps.core.api.views import ModelViewSet, ReadOnlyViewSet, RefLookupMixin
-from apps.executions.models import Artifact, Execution, Policy, Worker
+from apps.actions.models import Action
+from apps.core.api.errors import Conflict
+from apps.core.api.views import ModelViewSet, PackScopedMixin, ReadOnlyViewSet, RefLookupMixin
+from apps.core.statuses import TERMINAL
+from apps.executions import services
+from apps.executions.models import Artifact, Execution, OutputChunk, Policy, Worker
 from apps.executions.selectors import with_queue_position
 
+from .actions import start
 from .serializers import (
     ArtifactSerializer,
+    ExecuteSerializer,
+    ExecutionCreateSerializer,
     ExecutionSerializer,
+    OutputSerializer,
     PolicySerializer,
+    RerunSerializer,
     WorkerSerializer,
 )
 
@@ -36,7 +51,7 @@ class ExecutionFilter(django_filters.FilterSet):
                   "created_after", "created_before", "started_by", "root"]
 
 
-class ExecutionViewSet(ReadOnlyViewSet):
+class ExecutionViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
     resource = "executions"
     pack_lookup = "pack_ref"
     queryset = Execution.objects.select_related("started_by", "worker", "rule").prefetch_related(
@@ -44,10 +59,119 @@ class ExecutionViewSet(ReadOnlyViewSet):
     )
     serializer_class = ExecutionSerializer
     filterset_class = ExecutionFilter
+    ordering_fields = ["id", "created", "started_at", "finished_at", "status"]
+    action_permissions = {"create": "execute", "cancel": "cancel", "rerun": "execute", "children": "view",
+                          "output": "view", "stats": "view"}
 
     def get_queryset(self):
         return with_queue_position(super().get_queryset())
-    ordering_fields = ["id", "created", "started_at", "finished_at", "status"]
+
+    @extend_schema(request=ExecutionCreateSerializer, responses={201: ExecutionSerializer})
+    def create(self, request, *args, **kwargs):
+        """``{action, parameters, timeout?}`` → 201; the same as ``POST /actions/{ref}/execute``."""
+        from apps.accounts.permissions import has_grant
+
+        body = ExecutionCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        ref = body.validated_data["action"]
+        action = Action.objects.select_related("pack", "runner_type").filter(ref=ref).first()
+        if action is None or not has_grant(request.user, "actions", "view", action.pack.ref):
+            raise serializers.ValidationError({"action": [f"no action {ref!r}."]})
+        if not has_grant(request.user, "executions", "execute", action.pack.ref):
+            self.permission_denied(request, "you may not execute actions of this pack.")
+        return start(request, action, body.validated_data)
+
+    @extend_schema(request=None, responses={200: ExecutionSerializer})
+    @route(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel: at once before it runs; a running one goes ``canceling`` and its process group is killed."""
+        try:
+            execution = services.cancel_execution(self.get_object())
+        except services.ExecutionStateError as exc:
+            raise Conflict(str(exc)) from None
+        return Response(ExecutionSerializer(self.get_queryset().get(pk=execution.pk)).data)
+
+    @extend_schema(request=RerunSerializer, responses={201: ExecutionSerializer})
+    @route(detail=True, methods=["post"])
+    def rerun(self, request, pk=None):
+        """A new execution with the same parameters (secrets included), overridden by ``parameters``."""
+        from apps.executions.parameters import ParameterError
+
+        body = RerunSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            execution = services.rerun_execution(self.get_object(), user=request.user,
+                                                 parameters=body.validated_data["parameters"])
+        except ParameterError as exc:
+            raise serializers.ValidationError({"parameters": exc.errors}) from None
+        except services.ExecutionStateError as exc:
+            raise Conflict(str(exc)) from None
+        return Response(ExecutionSerializer(execution).data, status=201)
+
+    @extend_schema(responses={200: ExecutionSerializer(many=True)})
+    @route(detail=True, methods=["get"])
+    def children(self, request, pk=None):
+        """The direct children (workflow tasks, with-items items), oldest first."""
+        parent = self.get_object()
+        queryset = self.get_queryset().filter(parent=parent).order_by("id")
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(ExecutionSerializer(page, many=True).data)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("stream", OpenApiTypes.STR, enum=["stdout", "stderr"], description="Default stdout."),
+            OpenApiParameter("offset", OpenApiTypes.INT, description="Byte offset to read from (default 0)."),
+        ],
+        responses={200: OutputSerializer},
+    )
+    @route(detail=True, methods=["get"], filter_backends=[])
+    def output(self, request, pk=None):
+        """Tail the output: call again with ``offset=next_offset`` until ``complete`` is true."""
+        execution = self.get_object()
+        stream = request.query_params.get("stream", "stdout")
+        if stream not in ("stdout", "stderr"):
+            raise serializers.ValidationError({"stream": ["must be stdout or stderr."]})
+        try:
+            offset = max(0, int(request.query_params.get("offset", 0)))
+        except ValueError:
+            raise serializers.ValidationError({"offset": ["must be an integer."]}) from None
+        complete = execution.status in TERMINAL
+        result = execution.result if isinstance(execution.result, dict) else {}
+        if complete and stream in result:
+            raw = str(result.get(stream) or "").encode()
+            data, next_offset = raw[offset:], len(raw)
+            truncated = bool(result.get(f"{stream}_truncated"))
+        else:
+            pieces, next_offset = [], offset
+            for chunk in OutputChunk.objects.filter(execution=execution, stream=stream).order_by("offset"):
+                raw = chunk.data.encode()
+                end = chunk.offset + len(raw)
+                if end > offset:
+                    pieces.append(raw[max(0, offset - chunk.offset):])
+                    next_offset = end
+            data, truncated = b"".join(pieces), False
+        return Response({"stream": stream, "offset": offset, "next_offset": max(next_offset, offset),
+                         "data": data.decode("utf-8", errors="replace"), "complete": complete,
+                         "truncated": truncated, "status": execution.status})
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @route(detail=False, methods=["get"])
+    def stats(self, request):
+        """Counts by status and average timings over the executions matching the list filters."""
+        queryset = self.filter_queryset(super().get_queryset()).order_by()
+        by_status = dict(queryset.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+        timing = queryset.filter(started_at__isnull=False, finished_at__isnull=False).aggregate(
+            run=Avg(F("finished_at") - F("started_at")), wait=Avg(F("started_at") - F("created"))
+        )
+        since = timezone.now() - timezone.timedelta(minutes=1)
+        return Response({
+            "total": sum(by_status.values()),
+            "by_status": by_status,
+            "active": sum(n for status, n in by_status.items() if status not in TERMINAL),
+            "avg_duration_ms": round(timing["run"].total_seconds() * 1000, 1) if timing["run"] else None,
+            "avg_wait_ms": round(timing["wait"].total_seconds() * 1000, 1) if timing["wait"] else None,
+            "created_last_minute": queryset.filter(created__gte=since).count(),
+        })
 
 
 class WorkerViewSet(ReadOnlyViewSet):
@@ -83,3 +207,20 @@ class PolicyViewSet(RefLookupMixin, ModelViewSet):
     serializer_class = PolicySerializer
     filterset_class = PolicyFilter
     ordering_fields = ["ref", "created"]
+
+
+class ActionOperationsViewSet(RefLookupMixin, PackScopedMixin, viewsets.GenericViewSet):
+    """``/actions/{ref}/execute``: lives with executions so the actions layer never imports this one."""
+
+    resource = "actions"
+    queryset = Action.objects.select_related("pack", "runner_type")
+    serializer_class = ExecuteSerializer
+    action_permissions = {"execute": "execute"}
+
+    @extend_schema(request=ExecuteSerializer, responses={201: ExecutionSerializer})
+    @route(detail=True, methods=["post"])
+    def execute(self, request, ref=None):
+        """Run the action: ``{parameters, timeout?}`` → 201 with the new execution."""
+        body = ExecuteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return start(request, self.get_object(), body.validated_data)

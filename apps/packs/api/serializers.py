@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.api.serializers import check_json_schema
@@ -73,3 +74,87 @@ class PackComponentSerializer(serializers.ModelSerializer):
             if clash.exists():
                 raise serializers.ValidationError({"name": [f"{ref} already exists."]})
         return attrs
+
+
+# --- bodies of the pack endpoints (register, install, config, workflows) ----------------------------------
+
+
+class PackRegisterSerializer(serializers.Serializer):
+    path = serializers.CharField(help_text="Absolute path of a pack directory on the server.")
+
+    def validate_path(self, value: str) -> str:
+        from pathlib import Path
+
+        path = Path(value)
+        if not path.is_absolute():
+            raise serializers.ValidationError("must be an absolute path on the server.")
+        if not path.exists():
+            raise serializers.ValidationError(f"{value} does not exist.")
+        if not path.is_dir():
+            raise serializers.ValidationError(f"{value} is not a directory.")
+        return value
+
+
+class PackInstallSerializer(serializers.Serializer):
+    file = serializers.FileField(
+        help_text="The pack as a .tar.gz archive (pack.yaml at its root or in its one top-level directory)."
+    )
+
+
+class PackRegistrationSerializer(serializers.Serializer):
+    """What registering or installing a pack did: per kind (actions, rules…), how many rows."""
+
+    pack = PackSerializer()
+    created = serializers.DictField(child=serializers.IntegerField())
+    updated = serializers.DictField(child=serializers.IntegerField())
+    removed = serializers.DictField(child=serializers.IntegerField())
+
+
+class PackErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    errors = serializers.ListField(child=serializers.CharField(), help_text='Every problem, as "file: field: message".')
+
+
+class PackConfigSerializer(serializers.Serializer):
+    """A pack's config. Secret fields (``secret: true`` in config_schema) read as ``"********"``; sending that
+    marker back keeps the stored secret."""
+
+    pack = serializers.CharField(read_only=True)
+    config = serializers.JSONField(help_text="Config values, validated against the pack's config_schema.")
+
+    def validate_config(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("config: must be an object of config name to value")
+        return value
+
+
+class PackWorkflowSerializer(serializers.Serializer):
+    """A workflow action of a pack with its registered definition."""
+
+    ref = serializers.CharField()
+    description = serializers.CharField()
+    entry_point = serializers.CharField()
+    enabled = serializers.BooleanField()
+    valid = serializers.SerializerMethodField()
+    errors = serializers.SerializerMethodField()
+    definition = serializers.SerializerMethodField()
+
+    @staticmethod
+    def _definition(obj):
+        return getattr(obj, "workflow", None)
+
+    def get_valid(self, obj) -> bool:
+        definition = self._definition(obj)
+        return bool(definition is not None and definition.valid)
+
+    @extend_schema_field(serializers.ListField(child=serializers.JSONField()))
+    def get_errors(self, obj):
+        definition = self._definition(obj)
+        if definition is None:
+            return [f"no workflow definition registered (entry_point {obj.entry_point})"]
+        return definition.errors or []
+
+    @extend_schema_field(serializers.JSONField(allow_null=True))
+    def get_definition(self, obj):
+        definition = self._definition(obj)
+        return None if definition is None else definition.definition

@@ -2,11 +2,9 @@ from django.db import migrations
 
 
 def create_runtimes(apps, schema_editor):
-    from apps.packs.runtimes import BUILTIN_RUNTIMES
+    from apps.packs.runtimes import sync_builtin_runtimes
 
-    Runtime = apps.get_model("packs", "Runtime")
-    for spec in BUILTIN_RUNTIMES:
-        Runtime.objects.update_or_create(name=spec["name"], defaults={k: v for k, v in spec.items() if k != "name"})
+    sync_builtin_runtimes(apps.get_model("packs", "Runtime"))
 
 
 class Migration(migrations.Migration):

@@ -55,6 +55,9 @@ class Command(BaseCommand):
         from apps.accounts.services import sync_builtin_sets
 
         sync_builtin_sets()
+        from apps.packs.runtimes import sync_builtin_runtimes
+
+        sync_builtin_runtimes()
         self.register_all()
         self.ensure_admin()
 
@@ -116,6 +119,11 @@ class Command(BaseCommand):
             self.cmd_setup(options)
         worker = ticker = presence = None
         if not options["no_worker"]:
+            from apps.executions.recovery import recover_on_startup
+
+            recovered = recover_on_startup()
+            if any(recovered.values()):
+                self.stdout.write(f"recovered after restart: {recovered}")
             worker = EmbeddedWorker()
             worker.start()
             presence = WorkerPresence(queues=worker.queues, concurrency=worker.concurrency,
@@ -161,7 +169,13 @@ class Command(BaseCommand):
 
         queues = [q for q in options["queues"].split(",") if q]
         presence = WorkerPresence(queues=queues, concurrency=options["concurrency"])
-        worker_ready.connect(lambda **_: presence.start(), weak=False)
+        def on_ready(**_):
+            from apps.executions.recovery import recover_on_startup
+
+            recover_on_startup()
+            presence.start()
+
+        worker_ready.connect(on_ready, weak=False)
         worker_shutdown.connect(lambda **_: presence.stop(), weak=False)
         app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(options["concurrency"]), "-P", options["pool"],
                          "-l", os.environ.get("ATTUNE_LOG_LEVEL", "INFO"), "-E"])
@@ -202,8 +216,11 @@ class Command(BaseCommand):
                 version = add_key_version()
                 self.stdout.write(f"added key version {version}")
             changed = reencrypt_all()
+            from apps.packs.services import reencrypt_pack_configs
+
+            configs = reencrypt_pack_configs()
         except KeyRingError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(f"re-encrypted {changed} secret key(s)")
+        self.stdout.write(f"re-encrypted {changed} secret key(s) and {configs} pack config(s)")
 
 

@@ -1,0 +1,24 @@
+"""Behaviour endpoints shared by the actions and executions APIs."""
+from __future__ import annotations
+
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from apps.core.api.errors import Conflict
+from apps.executions import services
+from apps.executions.parameters import ParameterError
+
+from .serializers import ExecutionSerializer
+
+
+def start(request, action, data: dict) -> Response:
+    """Create and request an execution; 400 names each bad parameter, 409 for a disabled action."""
+    try:
+        execution = services.create_execution(
+            action, data.get("parameters") or {}, user=request.user, timeout=data.get("timeout")
+        )
+    except ParameterError as exc:
+        raise serializers.ValidationError({"parameters": exc.errors}) from None
+    except services.ExecutionStateError as exc:
+        raise Conflict(str(exc)) from None
+    return Response(ExecutionSerializer(execution).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,136 @@
+"""What a worker does with one execution id: claim it, run it, record the outcome.
+
+Idempotent: the claim is a conditional ``scheduled → running`` update, so a redelivered or duplicated
+message for an execution that already started (or ended) does nothing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from apps.core.statemachine import transition
+from apps.core.statuses import ExecutionStatus
+from apps.packs.models import RuntimeKind
+
+from . import runners, services, workers
+from .models import Execution, OutputChunk
+from .parameters import full_parameters, mask
+from .runners import Outcome, RunContext
+
+log = logging.getLogger("attune.executions")
+S = ExecutionStatus
+
+
+def pack_directory(pack) -> Path:
+    if pack.path:
+        return Path(pack.path)
+    return Path(settings.ATTUNE_HOME) / "packs" / pack.ref
+
+
+def base_environment(execution: Execution) -> dict[str, str]:
+    """A fresh environment: nothing of the worker's own (it may hold database URLs or keys) leaks in."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "ATTUNE_EXECUTION_ID": str(execution.pk),
+        "ATTUNE_ACTION": execution.action_ref,
+        "ATTUNE_PACK": execution.pack_ref,
+        "ATTUNE_API_URL": settings.ATTUNE_API_URL,
+    }
+
+
+def interpreter_and_env(kind: str, runtime, pack, pack_path: Path, env: dict[str, str]) -> str:
+    if kind == RuntimeKind.PYTHON:
+        from apps.packs.environments import python_interpreter
+
+        python = python_interpreter(pack.ref, pack_path)
+        venv = str(Path(python).parent.parent)
+        env["VIRTUAL_ENV"] = venv
+        env["PATH"] = f"{venv}/bin:{env['PATH']}"
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        return python
+    if kind == RuntimeKind.NODE:
+        from apps.packs.environments import node_environment, node_executable
+
+        env.update(node_environment(pack.ref, pack_path))
+        return node_executable()
+    return runtime.interpreter
+
+
+def execute(execution_id: int) -> str:
+    close_old_connections()
+    execution = (
+        Execution.objects.select_related("action__pack", "action__runner_type").filter(pk=execution_id).first()
+    )
+    if execution is None or execution.status != S.SCHEDULED:
+        return "skipped"
+    if not transition(execution, to=S.RUNNING, from_=S.SCHEDULED, started_at=timezone.now(),
+                      worker_id=workers.current_worker_id(), attempt=execution.attempt + 1):
+        return "lost"
+    mask_values: list[str] = []
+    try:
+        outcome, mask_values = _run(execution)
+    except Exception as exc:  # a bug or an environment problem: the execution fails, the worker lives on
+        from apps.packs.environments import EnvironmentBuildError
+
+        if isinstance(exc, EnvironmentBuildError):
+            outcome = Outcome(S.FAILED, {"error": str(exc.message), "log": exc.log})
+        else:
+            log.exception("execution %s crashed in its runner", execution_id)
+            outcome = Outcome(S.FAILED, {"error": f"{type(exc).__name__}: {exc}"})
+    result = mask(outcome.result, mask_values)
+    if outcome.status == S.PENDING:
+        transition(execution, to=S.PENDING, from_=S.RUNNING, result=result)
+        return S.PENDING
+    services.finish(execution, outcome.status, result, pid=None)
+    return outcome.status
+
+
+def _run(execution: Execution) -> tuple[Outcome, list[str]]:
+    action = execution.action
+    if action is None:
+        return Outcome(S.FAILED, {"error": f"action {execution.action_ref} no longer exists"}), []
+    runtime = action.runner_type
+    runner = runners.get(runtime.kind)
+    if runner is None:
+        return Outcome(S.FAILED, {"error": f"no runner for runner_type {runtime.name} on this worker"}), []
+    parameters, mask_values = full_parameters(execution)
+    pack_path = pack_directory(action.pack)
+    env = base_environment(execution)
+    interpreter = interpreter_and_env(runtime.kind, runtime, action.pack, pack_path, env)
+    execution_id = execution.pk
+
+    def cancel_requested() -> bool:
+        return Execution.objects.filter(pk=execution_id, cancel_requested=True).exists()
+
+    def on_long_running(pid: int) -> None:
+        Execution.objects.filter(pk=execution_id).update(pid=pid)
+
+    def on_output(stream: str, offset: int, text: str) -> None:
+        OutputChunk.objects.create(execution_id=execution_id, stream=stream, offset=offset, data=mask(text, mask_values))
+        Execution.objects.filter(pk=execution_id).update(**{f"{stream}_size": offset + len(text.encode())})
+
+    ctx = RunContext(
+        execution_id=execution_id,
+        action_ref=execution.action_ref,
+        pack_ref=execution.pack_ref,
+        pack_path=pack_path,
+        runtime_kind=runtime.kind,
+        interpreter=interpreter,
+        entry_point=action.entry_point,
+        parameters=parameters,
+        parameter_format=action.parameter_format,
+        output_format=action.output_format,
+        timeout=float(execution.timeout or action.timeout),
+        cancel_requested=cancel_requested,
+        on_output=on_output,
+        on_long_running=on_long_running,
+        env=env,
+    )
+    return runner.run(ctx), mask_values

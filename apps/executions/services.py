@@ -1,0 +1,171 @@
+"""Execution operations (ENGINEERING principle 2: services own writes).
+
+Higher layers hook in without being imported here:
+- :func:`register_admission` — policies decide whether a requested execution may be scheduled now;
+- :func:`on_finished` — workflows, notifications, ``core.execution_completed`` react to terminal states.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.core.statemachine import transition
+from apps.core.statuses import TERMINAL, ExecutionStatus
+from attune.celery import app as celery_app
+
+from .models import Execution
+from .parameters import full_parameters, prepare
+
+log = logging.getLogger("attune.executions")
+S = ExecutionStatus
+
+RUN_TASK = "attune.executions.run"
+DEFAULT_QUEUE = "attune"
+
+_admission: list[Callable[[Execution], bool]] = []
+_finished: list[Callable[[Execution], None]] = []
+
+
+class ExecutionStateError(Exception):
+    """The execution is not in a state that allows the operation (API: 409)."""
+
+
+def register_admission(hook: Callable[[Execution], bool]) -> None:
+    """``hook(execution) -> True`` when it took the execution (delayed, canceled); False lets it through."""
+    _admission.append(hook)
+
+
+def on_finished(handler: Callable[[Execution], None]) -> None:
+    _finished.append(handler)
+
+
+def announce_finished(execution_id: int) -> None:
+    """Run the completion handlers for a terminal execution (after the commit that made it terminal)."""
+    if not _finished:
+        return
+    execution = Execution.objects.filter(pk=execution_id).first()
+    if execution is None or not execution.is_terminal:
+        return
+    for handler in _finished:
+        try:
+            handler(execution)
+        except Exception:  # one broken handler must not stop the others
+            log.exception("completion handler %s failed for execution %s", handler, execution_id)
+
+
+def create_execution(
+    action,
+    parameters: dict[str, Any] | None = None,
+    *,
+    user=None,
+    parent: Execution | None = None,
+    rule=None,
+    enforcement=None,
+    trigger_event=None,
+    original: Execution | None = None,
+    task_name: str = "",
+    task_execution_id: int | None = None,
+    item_index: int | None = None,
+    timeout: int | None = None,
+    context: dict[str, Any] | None = None,
+    start: bool = True,
+) -> Execution:
+    """Validate parameters (raises ParameterError naming fields), create the row, and request it."""
+    if not action.enabled:
+        raise ExecutionStateError(f"action {action.ref} is disabled")
+    prepared = prepare(action, parameters, user=user, context=context)
+    runtime = action.runner_type
+    with transaction.atomic():
+        execution = Execution.objects.create(
+            action=action,
+            action_ref=action.ref,
+            pack_ref=action.pack.ref,
+            runner_type=runtime.name,
+            parameters=prepared.stored,
+            secret_parameters=prepared.encrypted_secrets(),
+            parent=parent,
+            rule=rule,
+            enforcement=enforcement,
+            trigger_event=trigger_event,
+            original=original,
+            started_by=user if getattr(user, "is_authenticated", False) else None,
+            task_name=task_name,
+            task_execution_id=task_execution_id,
+            item_index=item_index,
+            timeout=timeout,
+            queue=runtime.queue or DEFAULT_QUEUE,
+        )
+        if start:
+            request(execution)
+    return execution
+
+
+def request(execution: Execution) -> None:
+    """Admission: a policy may hold (delay) or refuse the execution; otherwise it is scheduled."""
+    for hook in _admission:
+        if hook(execution):
+            return
+    schedule(execution)
+
+
+def schedule(execution: Execution) -> bool:
+    won = transition(execution, to=S.SCHEDULED, from_=[S.REQUESTED, S.DELAYED],
+                     scheduled_at=timezone.now(), waiting_reason="")
+    if won:
+        execution_id, queue = execution.pk, execution.queue
+        transaction.on_commit(lambda: dispatch(execution_id, queue))
+    return won
+
+
+def dispatch(execution_id: int, queue: str) -> None:
+    celery_app.send_task(RUN_TASK, args=[execution_id], queue=queue or DEFAULT_QUEUE)
+
+
+def finish(execution: Execution, status: str, result: Any, **fields) -> bool:
+    """End an execution; a cancel requested meanwhile wins over a late success."""
+    sources = [S.RUNNING, S.PENDING, S.PAUSING, S.PAUSED, S.CANCELING]
+    from apps.core.statuses import allowed_sources
+
+    won = transition(execution, to=status, from_=[s for s in sources if s in allowed_sources(status)],
+                     result=result, **fields)
+    if not won and status != S.CANCELED:
+        current = Execution.objects.filter(pk=execution.pk).values_list("status", flat=True).first()
+        if current == S.CANCELING:
+            won = transition(execution, to=S.CANCELED, from_=S.CANCELING, result=result, **fields)
+    if won:
+        execution_id = execution.pk
+        transaction.on_commit(lambda: announce_finished(execution_id))
+    return won
+
+
+def cancel_execution(execution: Execution) -> Execution:
+    """Before running: canceled at once. Running: canceling, and the worker kills the process group.
+    Children (workflow tasks, items) are cancelled too."""
+    with transaction.atomic():
+        if execution.status in TERMINAL:
+            raise ExecutionStateError(f"execution {execution.pk} already ended ({execution.status})")
+        if execution.status in (S.REQUESTED, S.DELAYED, S.SCHEDULED, S.PENDING, S.PAUSED):
+            if transition(execution, to=S.CANCELED, result=execution.result or {"error": "canceled"}):
+                transaction.on_commit(lambda: announce_finished(execution.pk))
+        if not execution.is_terminal:
+            transition(execution, to=S.CANCELING, cancel_requested=True)
+        for child in execution.children.filter(status__in=list(set(S.values) - TERMINAL)):
+            try:
+                cancel_execution(child)
+            except ExecutionStateError:
+                pass
+    execution.refresh_from_db()
+    return execution
+
+
+def rerun_execution(execution: Execution, *, user=None, parameters: dict[str, Any] | None = None) -> Execution:
+    """A new execution of the same action with the same (real) parameters, overridden where given."""
+    if execution.action is None:
+        raise ExecutionStateError(f"action {execution.action_ref} no longer exists")
+    values, _ = full_parameters(execution)
+    values.update(parameters or {})
+    return create_execution(execution.action, values, user=user, original=execution, timeout=execution.timeout)

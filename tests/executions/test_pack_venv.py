@@ -54,3 +54,39 @@ def test_requirements_are_installed_in_the_packs_own_venv(tmp_path, settings, wo
     broken = wait_for(services.create_execution(action, {"table": {}}).pk, "failed", timeout=240)
     assert "pip install for pack tomlpack failed" in broken.result["error"]
     assert "attune-no-such-package-xyz" in broken.result["log"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_node_pack_gets_its_node_modules(tmp_path, settings, worker):
+    import shutil
+
+    if not (shutil.which("node") and shutil.which("npm")):
+        pytest.skip("node and npm are not installed on this machine")
+    settings.ATTUNE_HOME = tmp_path / "home"
+    sync_builtin_runtimes()
+    root = tmp_path / "nodepack"
+    write(root, "pack.yaml", "ref: nodepack\nversion: 1.0.0\n")
+    write(root, "package.json", '{"name": "nodepack", "version": "1.0.0", "dependencies": {"is-number": "7.0.0"}}\n')
+    write(root, "actions/check.yaml", """
+        name: check
+        runner_type: node
+        entry_point: check.js
+        output_format: json
+        parameters:
+          value: {type: string, required: true}
+    """)
+    write(root, "actions/check.js", """
+        const isNumber = require('is-number');
+        let input = '';
+        process.stdin.on('data', (d) => { input += d; });
+        process.stdin.on('end', () => {
+          const params = JSON.parse(input);
+          console.log(JSON.stringify({value: params.value, number: isNumber(params.value)}));
+        });
+    """)
+    register_pack(root)
+    from apps.actions.models import Action
+
+    action = Action.objects.get(ref="nodepack.check")
+    done = wait_for(services.create_execution(action, {"value": "42"}).pk, "succeeded", timeout=240)
+    assert done.result["data"] == {"value": "42", "number": True}

@@ -17,6 +17,7 @@ from apps.inquiries.api.views import InquiryViewSet
 from apps.keys.api.views import KeyViewSet
 from apps.packs.api.views import PackViewSet, RuntimeViewSet
 from apps.rules.api.views import EnforcementViewSet, RuleViewSet
+from apps.triggers import webhooks
 from apps.triggers.api.views import EventViewSet, SensorViewSet, TriggerViewSet
 
 
@@ -50,6 +51,7 @@ router.register("permission-assignments", accounts.PermissionAssignmentViewSet, 
 router.register("auth/tokens", accounts.ApiTokenViewSet, basename="api-token")
 
 urlpatterns = [
+    re_path(r"^webhooks/(?P<key>[A-Za-z0-9_-]+)/?$", webhooks.receive, name="webhook-receive"),
     re_path(r"^auth/login/?$", accounts.LoginView.as_view(), name="auth-login"),
     re_path(r"^auth/refresh/?$", accounts.RefreshView.as_view(), name="auth-refresh"),
     re_path(r"^auth/register/?$", accounts.RegisterView.as_view(), name="auth-register"),

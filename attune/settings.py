@@ -266,6 +266,17 @@ ATTUNE_OUTPUT_FLUSH_SECONDS = float(env_str("ATTUNE_OUTPUT_FLUSH_SECONDS", "0.5"
 ATTUNE_KILL_GRACE_SECONDS = float(env_str("ATTUNE_KILL_GRACE_SECONDS", "5"))
 # A `scheduled` execution no worker claimed for this long is dispatched again (a lost message).
 ATTUNE_REQUEUE_SECONDS = env_int("ATTUNE_REQUEUE_SECONDS", 120)
+# An event still unmatched this long after it arrived is dispatched to matching again.
+ATTUNE_EVENT_REDISPATCH_SECONDS = env_int("ATTUNE_EVENT_REDISPATCH_SECONDS", 60)
+
+ATTUNE_WEBHOOK_MAX_PAYLOAD_BYTES = env_int("ATTUNE_WEBHOOK_MAX_PAYLOAD_BYTES", 1024 * 1024)
+
+# --- cache (login throttling, webhook rate limits): shared by every process in production ---------
+if EMBEDDED:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": ATTUNE_REDIS_URL,
+                          "KEY_PREFIX": env_str("ATTUNE_CHANNEL_PREFIX", "attune")}}
 
 # --- Channels ------------------------------------------------------------------------------------
 if EMBEDDED:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
@@ -64,3 +65,14 @@ def operator_api(db):
 @pytest.fixture
 def editor_api(db):
     return _role_client("editor")
+
+
+@pytest.fixture(scope="session")
+def worker():
+    """A real Celery worker (thread pool) on the mode's broker, consuming every queue."""
+    from apps.core.embedded import EmbeddedWorker
+
+    w = EmbeddedWorker(concurrency=6, queues=list(settings.ATTUNE_QUEUES))
+    w.start()
+    yield w
+    w.stop()

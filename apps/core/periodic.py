@@ -36,6 +36,30 @@ def register(name: str, every: float) -> Callable[[Callable[[], object]], Callab
     return decorator
 
 
+_startup: dict[str, Callable[[], object]] = {}
+
+
+def on_startup(name: str) -> Callable[[Callable[[], object]], Callable[[], object]]:
+    """Recovery work to run once when a process that runs a worker starts (before it consumes)."""
+
+    def decorator(fn: Callable[[], object]) -> Callable[[], object]:
+        _startup[name] = fn
+        return fn
+
+    return decorator
+
+
+def run_startup() -> dict[str, object]:
+    results: dict[str, object] = {}
+    for name, fn in _startup.items():
+        try:
+            results[name] = fn()
+        except Exception as exc:
+            log.exception("startup job %s failed", name)
+            results[name] = f"error: {exc}"
+    return results
+
+
 def jobs() -> list[Job]:
     return list(_jobs.values())
 

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from apps.core.periodic import register
+from apps.core.periodic import on_startup, register
 from apps.core.statemachine import transition
 from apps.core.statuses import ExecutionStatus
 
@@ -83,6 +83,7 @@ def requeue_stale(older_than: float | None = None) -> int:
     return count
 
 
+@on_startup("executions.recover")
 def recover_on_startup() -> dict[str, int]:
     hostname = socket.gethostname()
     dead = 0

@@ -5,3 +5,19 @@ class RulesConfig(AppConfig):
     name = "apps.rules"
     label = "rules"
     verbose_name = "Rules and enforcements"
+
+    def ready(self) -> None:
+        from apps.executions.services import on_finished
+
+        from . import recovery  # noqa: F401  registers the event re-dispatch job
+        from .system_triggers import execution_completed
+
+        on_finished(execution_completed)
+
+        from django.db.models.signals import post_delete, post_save
+
+        from .models import Rule
+        from .system_triggers import forget
+
+        post_save.connect(forget, sender=Rule, dispatch_uid="rules.execution_completed.cache")
+        post_delete.connect(forget, sender=Rule, dispatch_uid="rules.execution_completed.cache.delete")

@@ -6,22 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
-from apps.core.embedded import EmbeddedWorker
 from apps.executions.models import Execution
 from apps.packs.registrar import register_pack
 from apps.packs.runtimes import sync_builtin_runtimes
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def worker():
-    w = EmbeddedWorker(concurrency=6, queues=list(settings.ATTUNE_QUEUES))
-    w.start()
-    yield w
-    w.stop()
 
 
 def write(root: Path, rel: str, text: str, mode: int | None = None) -> None:

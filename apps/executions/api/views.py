@@ -61,7 +61,7 @@ class ExecutionViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
     filterset_class = ExecutionFilter
     ordering_fields = ["id", "created", "started_at", "finished_at", "status"]
     action_permissions = {"create": "execute", "cancel": "cancel", "rerun": "execute", "children": "view",
-                          "output": "view", "stats": "view"}
+                          "output": "view", "stats": "view", "trace": "view"}
 
     def get_queryset(self):
         return with_queue_position(super().get_queryset())
@@ -153,6 +153,14 @@ class ExecutionViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
         return Response({"stream": stream, "offset": offset, "next_offset": max(next_offset, offset),
                          "data": data.decode("utf-8", errors="replace"), "complete": complete,
                          "truncated": truncated, "status": execution.status})
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @route(detail=True, methods=["get"])
+    def trace(self, request, pk=None):
+        """The chain that led here and what came of it: event → enforcement → execution → children."""
+        from apps.executions.selectors import trace
+
+        return Response(trace(self.get_object()))
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     @route(detail=False, methods=["get"])

@@ -47,3 +47,16 @@ class EnforcementSerializer(serializers.ModelSerializer):
         fields = ["id", "rule", "event", "status", "criteria", "condition", "parameters", "execution",
                   "failure_reason", "created"]
         read_only_fields = fields
+
+
+class RuleTestSerializer(serializers.Serializer):
+    rule = serializers.JSONField(help_text="A rule body (as in rules/*.yaml) or the ref of a stored rule.")
+    payload = serializers.JSONField(required=False, default=dict)
+
+
+class RuleTestResultSerializer(serializers.Serializer):
+    matched = serializers.BooleanField()
+    criteria = serializers.ListField(child=serializers.DictField())
+    condition = serializers.BooleanField(allow_null=True)
+    parameters = serializers.DictField(allow_null=True)
+    error = serializers.CharField(allow_null=True)

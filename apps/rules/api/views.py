@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import django_filters
+from drf_spectacular.utils import extend_schema
+from rest_framework.decorators import action as route
+from rest_framework.response import Response
 
+from apps.core.api.enable import EnableDisableMixin
 from apps.core.api.views import ModelViewSet, ReadOnlyViewSet, RefLookupMixin
 from apps.rules.models import Enforcement, Rule
 
-from .serializers import EnforcementSerializer, RuleSerializer
+from .serializers import EnforcementSerializer, RuleSerializer, RuleTestResultSerializer, RuleTestSerializer
 
 
 class RuleFilter(django_filters.FilterSet):
@@ -18,16 +22,27 @@ class RuleFilter(django_filters.FilterSet):
         fields = ["pack", "trigger", "action", "enabled", "source"]
 
 
-class RuleViewSet(RefLookupMixin, ModelViewSet):
+class RuleViewSet(EnableDisableMixin, RefLookupMixin, ModelViewSet):
     resource = "rules"
     queryset = Rule.objects.select_related("pack", "trigger", "action", "owner")
     serializer_class = RuleSerializer
     filterset_class = RuleFilter
     search_fields = ["ref", "description"]
     ordering_fields = ["ref", "created", "updated"]
+    action_permissions = {"enable": "update", "disable": "update", "test": "view"}
 
     def perform_create(self, serializer):
         serializer.save(owner=self.request.user)
+
+    @extend_schema(request=RuleTestSerializer, responses={200: RuleTestResultSerializer})
+    @route(detail=False, methods=["post"])
+    def test(self, request):
+        """Would this rule match this payload, and with which parameters? Runs nothing."""
+        from apps.rules.testing import test_rule
+
+        body = RuleTestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return Response(test_rule(request, body.validated_data["rule"], body.validated_data["payload"]))
 
 
 class EnforcementFilter(django_filters.FilterSet):

@@ -57,3 +57,17 @@ class EventSerializer(serializers.ModelSerializer):
         model = Event
         fields = ["id", "trigger", "payload", "meta", "status", "error", "source_event", "created", "processed_at"]
         read_only_fields = fields
+
+
+class SensorStatusSerializer(serializers.ModelSerializer):
+    running = serializers.SerializerMethodField()
+    stderr_tail = serializers.CharField(source="last_stderr")
+
+    class Meta:
+        model = Sensor
+        fields = ["ref", "enabled", "state", "running", "pid", "host", "restarts", "last_started_at",
+                  "last_exit_code", "next_start_at", "stderr_tail"]
+        read_only_fields = fields
+
+    def get_running(self, obj) -> bool:
+        return obj.state == "running"

@@ -119,10 +119,10 @@ class Command(BaseCommand):
             self.cmd_setup(options)
         worker = ticker = presence = None
         if not options["no_worker"]:
-            from apps.executions.recovery import recover_on_startup
+            from apps.core.periodic import run_startup
 
-            recovered = recover_on_startup()
-            if any(recovered.values()):
+            recovered = run_startup()
+            if any(any(v.values()) if isinstance(v, dict) else v for v in recovered.values()):
                 self.stdout.write(f"recovered after restart: {recovered}")
             worker = EmbeddedWorker()
             worker.start()
@@ -170,9 +170,9 @@ class Command(BaseCommand):
         queues = [q for q in options["queues"].split(",") if q]
         presence = WorkerPresence(queues=queues, concurrency=options["concurrency"])
         def on_ready(**_):
-            from apps.executions.recovery import recover_on_startup
+            from apps.core.periodic import run_startup
 
-            recover_on_startup()
+            run_startup()
             presence.start()
 
         worker_ready.connect(on_ready, weak=False)

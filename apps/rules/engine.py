@@ -1,0 +1,170 @@
+"""Rule matching: an event in, at most one enforcement per (rule, event), executions out.
+
+- Only enabled rules on the event's trigger are evaluated (a timer event names its own rule in
+  ``meta.rule`` and only that rule is evaluated). Rules are cached per trigger and revalidated with one
+  cheap aggregate query per event, so 1,000 rules cost Python time, not 1,000 rows read per event.
+- Criteria use StackStorm's operators (:mod:`apps.rules.operators`); the optional ``condition`` is a
+  sandboxed Jinja expression (this is how OR/NOT are written).
+- Enforcements are stored for matches (status ``matched`` with its execution, or ``failed`` with the
+  reason). Non-matches are not stored: with many rules that would be a row per rule per event;
+  ``POST /rules/test`` shows why a rule does not match.
+- Parameters are rendered exactly once, by the execution service, with the event in the context, so text
+  inside a payload is never itself rendered as a template.
+- A failing rule never blocks the others: each rule is enforced in its own transaction.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Max
+from django.utils import timezone
+
+from apps.core.templating import TemplateError, contains_template, render_string, render_value
+from apps.executions import services as executions
+from apps.executions.parameters import ParameterError
+from apps.triggers.models import Event, EventStatus
+
+from .models import Enforcement, Rule
+from .operators import all_matched, evaluate_criteria
+
+log = logging.getLogger("attune.rules")
+
+_cache: dict[int, tuple[tuple, list[Rule]]] = {}
+_cache_lock = threading.Lock()
+
+
+def rules_for(trigger_id: int) -> list[Rule]:
+    stamp_row = Rule.objects.filter(trigger_id=trigger_id).aggregate(n=Count("id"), latest=Max("updated"))
+    stamp = (stamp_row["n"], stamp_row["latest"])
+    with _cache_lock:
+        cached = _cache.get(trigger_id)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+    rules = list(
+        Rule.objects.filter(trigger_id=trigger_id, enabled=True)
+        .select_related("pack", "action__pack", "action__runner_type", "owner", "trigger")
+        .order_by("id")
+    )
+    with _cache_lock:
+        _cache[trigger_id] = (stamp, rules)
+    return rules
+
+
+def event_context(event_payload: Any, *, event: dict[str, Any], rule: Rule | None = None) -> dict[str, Any]:
+    """The template context of SPEC §5 minus ``kv``/``pack.config``, which the execution service adds."""
+    return {
+        "payload": event_payload,
+        "trigger": event_payload,  # StackStorm users write trigger.x
+        "event": event,
+        "system": {"timestamp": timezone.now().isoformat(), "rule": rule.ref if rule else None},
+    }
+
+
+def _event_dict(event: Event) -> dict[str, Any]:
+    return {"id": event.pk, "trigger": event.trigger_ref, "created": event.created.isoformat(),
+            "payload": event.payload, "meta": event.meta}
+
+
+def truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"true", "1", "yes", "on"}
+    return bool(value)
+
+
+def evaluate(rule: Rule, payload: Any, event: dict[str, Any]) -> dict[str, Any]:
+    """Criteria and condition of ``rule`` against an event, without side effects."""
+    context = event_context(payload, event=event, rule=rule)
+    built: list[dict[str, Any]] = []
+
+    def full_context() -> dict[str, Any]:
+        # kv and pack.config cost queries: built only when a pattern or the condition is a template.
+        if not built:
+            from apps.executions.parameters import template_context
+
+            built.append(template_context(rule.action, rule.owner, context)[0])
+        return built[0]
+
+    def render(value):
+        return render_value(value, full_context()) if contains_template(value) else value
+
+    results = evaluate_criteria(rule.criteria or {}, context, render)
+    outcome: dict[str, Any] = {"criteria": [asdict(r) for r in results], "matched": all_matched(results),
+                               "condition": None, "error": None, "context": context}
+    if outcome["matched"] and rule.condition.strip():
+        try:
+            outcome["condition"] = truthy(render_string(rule.condition, full_context()))
+        except TemplateError as exc:
+            outcome["matched"] = False
+            outcome["error"] = f"condition: {exc}"
+            return outcome
+        outcome["matched"] = outcome["condition"]
+    return outcome
+
+
+def process(event_id: int) -> dict[str, int]:
+    """Match one event against its rules. Safe to run twice: enforcements are unique per (rule, event)."""
+    event = Event.objects.select_related("trigger").filter(pk=event_id).first()
+    if event is None or event.status == EventStatus.INVALID or event.trigger_id is None:
+        return {"rules": 0, "matched": 0}
+    rules = rules_for(event.trigger_id)
+    targeted = (event.meta or {}).get("rule")
+    if targeted:
+        rules = [r for r in rules if r.ref == targeted]
+    done = set(Enforcement.objects.filter(event_id=event.pk).values_list("rule_id", flat=True)) if rules else set()
+    event_dict = _event_dict(event)
+    matched = 0
+    for rule in rules:
+        if rule.pk in done:
+            continue
+        try:
+            matched += enforce(rule, event, event_dict)
+        except Exception:  # a bug in one rule's path must not stop the event's other rules
+            log.exception("rule %s failed on event %s", rule.ref, event.pk)
+    Event.objects.filter(pk=event.pk, status=EventStatus.RECEIVED).update(
+        status=EventStatus.PROCESSED, processed_at=timezone.now()
+    )
+    return {"rules": len(rules), "matched": matched}
+
+
+def enforce(rule: Rule, event: Event, event_dict: dict[str, Any]) -> int:
+    outcome = evaluate(rule, event.payload, event_dict)
+    if not outcome["matched"]:
+        if outcome["error"]:
+            _record_failure(rule, event, outcome, outcome["error"])
+        return 0
+    try:
+        with transaction.atomic():
+            enforcement = Enforcement.objects.create(
+                rule=rule, rule_ref=rule.ref, event=event, status="matched",
+                criteria=outcome["criteria"], condition=outcome["condition"],
+            )
+            execution = executions.create_execution(
+                rule.action, rule.action_params or {}, user=rule.owner, rule=rule, enforcement=enforcement,
+                trigger_event=event, context=outcome["context"],
+            )
+            enforcement.execution = execution
+            enforcement.parameters = execution.parameters
+            enforcement.save(update_fields=["execution", "parameters"])
+        return 1
+    except IntegrityError:
+        return 0  # another process enforced this (rule, event) first
+    except ParameterError as exc:
+        _record_failure(rule, event, outcome, f"invalid parameters for {rule.action.ref}: {exc}")
+    except executions.ExecutionStateError as exc:
+        _record_failure(rule, event, outcome, str(exc))
+    return 0
+
+
+def _record_failure(rule: Rule, event: Event, outcome: dict[str, Any], reason: str) -> None:
+    try:
+        with transaction.atomic():
+            Enforcement.objects.create(
+                rule=rule, rule_ref=rule.ref, event=event, status="failed", criteria=outcome["criteria"],
+                condition=outcome["condition"], failure_reason=reason,
+            )
+    except IntegrityError:
+        pass

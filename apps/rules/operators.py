@@ -346,7 +346,7 @@ def evaluate(op: str, value: Any, pattern: Any, criterion: dict | None = None) -
     return _match(_canonical(op), value, pattern, criterion or {})[0]
 
 
-# -- search -----------------------------------------------------------------------------------------------
+# -- rendering and search ---------------------------------------------------------------------------------
 
 class _RenderError(Exception):
     """A pattern's template failed; caught by evaluate_criteria."""

@@ -29,29 +29,79 @@ from apps.executions.parameters import ParameterError
 from apps.triggers.models import Event, EventStatus
 
 from .models import Enforcement, Rule
-from .operators import all_matched, evaluate_criteria
+from .operators import MISSING, all_matched, evaluate_criteria, lookup
 
 log = logging.getLogger("attune.rules")
 
-_cache: dict[int, tuple[tuple, list[Rule]]] = {}
+EQUALS = {"equals", "eq"}
+
+
+class RuleIndex:
+    """The enabled rules of one trigger, indexed by their first plain ``equals`` criterion.
+
+    With many rules on one trigger, most are told apart by an equality (``payload.host equals db-7``):
+    an event then only evaluates the rules whose equality can hold, plus the rules without one. This
+    keeps matching cost near-constant in the number of such rules. Order of evaluation stays rule id order.
+    """
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        self.always: list[Rule] = []
+        self.by_key: dict[str, dict[Any, list[Rule]]] = {}
+        for rule in rules:
+            slot = self._equality(rule)
+            if slot is None:
+                self.always.append(rule)
+            else:
+                key, pattern = slot
+                self.by_key.setdefault(key, {}).setdefault(pattern, []).append(rule)
+
+    @staticmethod
+    def _equality(rule: Rule):
+        for key, criterion in (rule.criteria or {}).items():
+            if not isinstance(criterion, dict) or str(criterion.get("type", "")).lower() not in EQUALS:
+                continue
+            pattern = criterion.get("pattern")
+            if isinstance(pattern, bool | int | float | str) and not contains_template(pattern) and "#" not in key:
+                return key, pattern
+        return None
+
+    def candidates(self, context: dict[str, Any]) -> list[Rule]:
+        if not self.by_key:
+            return self.always
+        found = list(self.always)
+        for key, buckets in self.by_key.items():
+            value = lookup(context, key)
+            if value is MISSING:
+                continue
+            try:
+                found.extend(buckets.get(value, ()))
+            except TypeError:  # an unhashable value: let every rule on this key decide
+                for bucket in buckets.values():
+                    found.extend(bucket)
+        found.sort(key=lambda r: r.pk or 0)
+        return found
+
+
+_cache: dict[int, tuple[tuple, RuleIndex]] = {}
 _cache_lock = threading.Lock()
 
 
-def rules_for(trigger_id: int) -> list[Rule]:
+def rules_for(trigger_id: int) -> RuleIndex:
     stamp_row = Rule.objects.filter(trigger_id=trigger_id).aggregate(n=Count("id"), latest=Max("updated"))
     stamp = (stamp_row["n"], stamp_row["latest"])
     with _cache_lock:
         cached = _cache.get(trigger_id)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-    rules = list(
+    index = RuleIndex(list(
         Rule.objects.filter(trigger_id=trigger_id, enabled=True)
         .select_related("pack", "action__pack", "action__runner_type", "owner", "trigger")
         .order_by("id")
-    )
+    ))
     with _cache_lock:
-        _cache[trigger_id] = (stamp, rules)
-    return rules
+        _cache[trigger_id] = (stamp, index)
+    return index
 
 
 def event_context(event_payload: Any, *, event: dict[str, Any], rule: Rule | None = None) -> dict[str, Any]:
@@ -75,9 +125,15 @@ def truthy(value: Any) -> bool:
     return bool(value)
 
 
-def evaluate(rule: Rule, payload: Any, event: dict[str, Any]) -> dict[str, Any]:
-    """Criteria and condition of ``rule`` against an event, without side effects."""
-    context = event_context(payload, event=event, rule=rule)
+def evaluate(rule: Rule, payload: Any, event: dict[str, Any], *, context: dict[str, Any] | None = None,
+             detailed: bool = True) -> dict[str, Any]:
+    """Criteria and condition of ``rule`` against an event, without side effects.
+
+    ``detailed=False`` is the matching hot path: criteria stop at the first miss and a miss returns
+    without building per-criterion records; ``context`` may be shared by every rule of one event.
+    """
+    if context is None:
+        context = event_context(payload, event=event, rule=rule)
     built: list[dict[str, Any]] = []
 
     def full_context() -> dict[str, Any]:
@@ -85,14 +141,18 @@ def evaluate(rule: Rule, payload: Any, event: dict[str, Any]) -> dict[str, Any]:
         if not built:
             from apps.executions.parameters import template_context
 
-            built.append(template_context(rule.action, rule.owner, context)[0])
+            rule_context = {**context, "system": {**context["system"], "rule": rule.ref}}
+            built.append(template_context(rule.action, rule.owner, rule_context)[0])
         return built[0]
 
     def render(value):
         return render_value(value, full_context()) if contains_template(value) else value
 
-    results = evaluate_criteria(rule.criteria or {}, context, render)
-    outcome: dict[str, Any] = {"criteria": [asdict(r) for r in results], "matched": all_matched(results),
+    results = evaluate_criteria(rule.criteria or {}, context, render, stop_at_miss=not detailed)
+    matched = all_matched(results)
+    if not matched and not detailed:
+        return {"matched": False, "error": None}
+    outcome: dict[str, Any] = {"criteria": [asdict(r) for r in results], "matched": matched,
                                "condition": None, "error": None, "context": context}
     if outcome["matched"] and rule.condition.strip():
         try:
@@ -102,6 +162,8 @@ def evaluate(rule: Rule, payload: Any, event: dict[str, Any]) -> dict[str, Any]:
             outcome["error"] = f"condition: {exc}"
             return outcome
         outcome["matched"] = outcome["condition"]
+    if outcome["matched"]:
+        outcome["context"] = {**context, "system": {**context["system"], "rule": rule.ref}}
     return outcome
 
 
@@ -110,18 +172,18 @@ def process(event_id: int) -> dict[str, int]:
     event = Event.objects.select_related("trigger").filter(pk=event_id).first()
     if event is None or event.status == EventStatus.INVALID or event.trigger_id is None:
         return {"rules": 0, "matched": 0}
-    rules = rules_for(event.trigger_id)
-    targeted = (event.meta or {}).get("rule")
-    if targeted:
-        rules = [r for r in rules if r.ref == targeted]
-    done = set(Enforcement.objects.filter(event_id=event.pk).values_list("rule_id", flat=True)) if rules else set()
+    index = rules_for(event.trigger_id)
     event_dict = _event_dict(event)
+    context = event_context(event.payload, event=event_dict)  # shared by every rule of this event
+    targeted = (event.meta or {}).get("rule")
+    rules = [r for r in index.rules if r.ref == targeted] if targeted else index.candidates(context)
+    done = set(Enforcement.objects.filter(event_id=event.pk).values_list("rule_id", flat=True)) if rules else set()
     matched = 0
     for rule in rules:
         if rule.pk in done:
             continue
         try:
-            matched += enforce(rule, event, event_dict)
+            matched += enforce(rule, event, event_dict, context)
         except Exception:  # a bug in one rule's path must not stop the event's other rules
             log.exception("rule %s failed on event %s", rule.ref, event.pk)
     Event.objects.filter(pk=event.pk, status=EventStatus.RECEIVED).update(
@@ -130,8 +192,8 @@ def process(event_id: int) -> dict[str, int]:
     return {"rules": len(rules), "matched": matched}
 
 
-def enforce(rule: Rule, event: Event, event_dict: dict[str, Any]) -> int:
-    outcome = evaluate(rule, event.payload, event_dict)
+def enforce(rule: Rule, event: Event, event_dict: dict[str, Any], context: dict[str, Any] | None = None) -> int:
+    outcome = evaluate(rule, event.payload, event_dict, context=context, detailed=False)
     if not outcome["matched"]:
         if outcome["error"]:
             _record_failure(rule, event, outcome, outcome["error"])
@@ -163,8 +225,8 @@ def _record_failure(rule: Rule, event: Event, outcome: dict[str, Any], reason: s
     try:
         with transaction.atomic():
             Enforcement.objects.create(
-                rule=rule, rule_ref=rule.ref, event=event, status="failed", criteria=outcome["criteria"],
-                condition=outcome["condition"], failure_reason=reason,
+                rule=rule, rule_ref=rule.ref, event=event, status="failed", criteria=outcome.get("criteria", []),
+                condition=outcome.get("condition"), failure_reason=reason,
             )
     except IntegrityError:
         pass

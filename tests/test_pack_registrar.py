@@ -130,3 +130,12 @@ def test_management_command(ops_pack, capsys):
     with pytest.raises(CommandError, match="actions/bad.yaml: entry_point"):
         call_command("attune", "pack", "register", str(ops_pack))
     assert Pack.objects.get(ref="ops").registered_at <= timezone.now()
+
+
+def test_yaml_booleans_and_dates_are_read_as_the_pack_format_means(ops_pack):
+    write(ops_pack, "policies/retry.yaml", "name: retry\naction: ops.restart\ntype: retry\non: [failure, timeout]\n"
+          "max_retries: 2\n")
+    register_pack(ops_pack)
+    from apps.executions.models import Policy
+
+    assert Policy.objects.get(ref="ops.retry").on == ["failure", "timeout"]

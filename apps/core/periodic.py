@@ -60,6 +60,27 @@ def run_startup() -> dict[str, object]:
     return results
 
 
+_shutdown: dict[str, Callable[[], object]] = {}
+
+
+def on_shutdown(name: str) -> Callable[[Callable[[], object]], Callable[[], object]]:
+    """Clean-up to run when a scheduler process stops (e.g. stop supervised sensor processes)."""
+
+    def decorator(fn: Callable[[], object]) -> Callable[[], object]:
+        _shutdown[name] = fn
+        return fn
+
+    return decorator
+
+
+def run_shutdown() -> None:
+    for name, fn in _shutdown.items():
+        try:
+            fn()
+        except Exception:
+            log.exception("shutdown job %s failed", name)
+
+
 def jobs() -> list[Job]:
     return list(_jobs.values())
 
@@ -96,8 +117,11 @@ class Ticker(threading.Thread):
         from django.db import connections
 
         while not self._stop_event.is_set():
+            started = time.monotonic()
             run_due()
-            self._stop_event.wait(self.interval)
+            # Keep to the grid (tick every `interval`, not `interval` + the jobs' run time).
+            elapsed = time.monotonic() - started
+            self._stop_event.wait(self.interval - (elapsed % self.interval))
         connections.close_all()
 
     def stop(self, timeout: float = 5.0) -> None:

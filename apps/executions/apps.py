@@ -9,7 +9,7 @@ class ExecutionsConfig(AppConfig):
     def ready(self) -> None:
         from apps.core.health import register_check
 
-        from . import recovery, workers  # noqa: F401  register the reapers with the scheduler tick
+        from . import policies, recovery, workers  # noqa: F401  register hooks and scheduler-tick jobs
 
         # Informational: a web process with no worker yet is still ready to accept requests.
         register_check("workers", lambda: {"ok": True, "online": workers.online_count()})

@@ -63,6 +63,30 @@ def interpreter_and_env(kind: str, runtime, pack, pack_path: Path, env: dict[str
     return runtime.interpreter
 
 
+class LiveOutput:
+    """Stores output while it is produced, already masked, with offsets into the masked stream (the same
+    text the final result holds). When secrets exist, the last ``len(longest secret) - 1`` characters are
+    held back until more output arrives, so a secret split across two reads is still masked."""
+
+    def __init__(self, execution_id: int, mask_values: list[str]) -> None:
+        self.execution_id = execution_id
+        self.mask_values = mask_values
+        self.hold = max((len(v) for v in mask_values), default=1) - 1
+        self.pending: dict[str, str] = {"stdout": "", "stderr": ""}
+        self.offsets: dict[str, int] = {"stdout": 0, "stderr": 0}
+
+    def __call__(self, stream: str, _raw_offset: int, text: str) -> None:
+        buffered = mask(self.pending[stream] + text, self.mask_values)
+        cut = len(buffered) - self.hold if self.hold > 0 else len(buffered)
+        ready, self.pending[stream] = buffered[:max(cut, 0)], buffered[max(cut, 0):]
+        if not ready:
+            return
+        offset = self.offsets[stream]
+        OutputChunk.objects.create(execution_id=self.execution_id, stream=stream, offset=offset, data=ready)
+        self.offsets[stream] = offset + len(ready.encode())
+        Execution.objects.filter(pk=self.execution_id).update(**{f"{stream}_size": self.offsets[stream]})
+
+
 def execute(execution_id: int) -> str:
     close_old_connections()
     execution = (
@@ -112,9 +136,7 @@ def _run(execution: Execution) -> tuple[Outcome, list[str]]:
     def on_long_running(pid: int) -> None:
         Execution.objects.filter(pk=execution_id).update(pid=pid)
 
-    def on_output(stream: str, offset: int, text: str) -> None:
-        OutputChunk.objects.create(execution_id=execution_id, stream=stream, offset=offset, data=mask(text, mask_values))
-        Execution.objects.filter(pk=execution_id).update(**{f"{stream}_size": offset + len(text.encode())})
+    on_output = LiveOutput(execution_id, mask_values)
 
     ctx = RunContext(
         execution_id=execution_id,

@@ -78,6 +78,10 @@ class Execution(TimestampedModel):
     queued_at = models.DateTimeField(null=True, blank=True, help_text="When it entered a policy queue.")
     waiting_reason = models.CharField(max_length=512, blank=True, default="")
     policy = models.ForeignKey("executions.Policy", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    policy_key = models.CharField(
+        max_length=512, blank=True, default="", db_index=True,
+        help_text="The values of the governing concurrency policy's attributes (canonical JSON): its FIFO queue.",
+    )
     attempt = models.PositiveIntegerField(default=0, help_text="Delivery attempts (poison-message guard).")
     retry_count = models.PositiveIntegerField(default=0, help_text="Policy retries that led here.")
     timeout = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds; overrides the action's.")

@@ -61,7 +61,9 @@ def template_context(action, user=None, extra: dict[str, Any] | None = None) -> 
     return context, kv
 
 
-def prepare(action, raw: Any, *, user=None, context: dict[str, Any] | None = None) -> PreparedParameters:
+def prepare(action, raw: Any, *, user=None, context: dict[str, Any] | None = None,
+            secret_names: set[str] | frozenset[str] = frozenset(), mask_values: list[str] | None = None
+            ) -> PreparedParameters:
     """Render, default, validate and split ``raw`` parameters for ``action``. Raises ParameterError."""
     if raw is None:
         raw = {}
@@ -89,26 +91,37 @@ def prepare(action, raw: Any, *, user=None, context: dict[str, Any] | None = Non
     for name, spec in declared.items():
         if name not in values and isinstance(spec, dict) and "default" in spec:
             values[name] = copy.deepcopy(spec["default"])
-    if not errors:
-        validator = Draft202012Validator(parameters_schema(declared))
-        for error in validator.iter_errors(values):
-            if error.validator == "required":
-                missing = error.message.split("'")[1] if "'" in error.message else "parameters"
+    known_values = {k: v for k, v in values.items() if k in declared}
+    # Schema errors are reported too, not only unknown names; the unknown ones are left out of the check.
+    validator = Draft202012Validator(parameters_schema(declared))
+    for error in validator.iter_errors(known_values):
+        if error.validator == "required":
+            missing = error.message.split("'")[1] if "'" in error.message else "parameters"
+            if missing not in errors:  # a failed template already explains why the value is absent
                 errors.setdefault(missing, []).append("this parameter is required")
-            else:
-                name = str(error.absolute_path[0]) if error.absolute_path else "parameters"
-                where = ".".join(str(p) for p in list(error.absolute_path)[1:])
-                errors.setdefault(name, []).append((f"{where}: " if where else "") + error.message)
+        else:
+            name = str(error.absolute_path[0]) if error.absolute_path else "parameters"
+            if name in errors and any("template" in m for m in errors[name]):
+                continue  # the template error already explains it
+            where = ".".join(str(p) for p in list(error.absolute_path)[1:])
+            errors.setdefault(name, []).append((f"{where}: " if where else "") + error.message)
     if errors:
         raise ParameterError(errors)
 
-    secret_names = {n for n, s in declared.items() if isinstance(s, dict) and s.get("secret")}
+    secret_names = set(secret_names) | {n for n, s in declared.items() if isinstance(s, dict) and s.get("secret")}
     if kv is not None:
         secret_names |= {n for n, v in values.items() if kv.tracker.taints(v)}
     secrets = {n: values[n] for n in secret_names if n in values}
     stored = {n: (REDACTED if n in secrets else v) for n, v in values.items()}
-    mask = [v for v in secrets.values() if isinstance(v, str) and v] + (kv.tracker.values if kv else [])
+    mask = ([_mask_text(v) for v in secrets.values() if v not in (None, "")] + (kv.tracker.values if kv else [])
+            + list(mask_values or []))
     return PreparedParameters(stored=stored, secrets=secrets, secret_values=sorted(set(mask), key=len, reverse=True))
+
+
+def _mask_text(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def decrypt_secrets(token: str) -> tuple[dict[str, Any], list[str]]:
@@ -140,3 +153,18 @@ def mask(value: Any, secret_values: list[str]) -> Any:
     if isinstance(value, list):
         return [mask(v, secret_values) for v in value]
     return value
+
+
+def reencrypt_execution_secrets(batch_size: int = 500) -> int:
+    """Re-encrypt stored secret parameters under the newest key version (part of key rotation)."""
+    from .models import Execution
+
+    ring = get_ring()
+    prefix = f"v{ring.current_version}:"
+    changed = 0
+    stale = Execution.objects.exclude(secret_parameters="").exclude(secret_parameters__startswith=prefix)
+    for execution in stale.only("id", "secret_parameters").iterator(chunk_size=batch_size):
+        data = ring.decrypt(execution.secret_parameters, SECRET_AAD)
+        Execution.objects.filter(pk=execution.pk).update(secret_parameters=ring.encrypt(data, SECRET_AAD)[0])
+        changed += 1
+    return changed

@@ -92,8 +92,9 @@ def recover_on_startup() -> dict[str, int]:
             dead += Worker.objects.filter(pk=worker.pk).update(state=Worker.State.DEAD)
     abandoned = reap_abandoned()
     requeued = requeue_stale(older_than=0) if settings.EMBEDDED else 0
-    # Executions stuck in `running` without any worker (a worker-less in-process run that crashed).
-    for execution in Execution.objects.filter(status__in=IN_FLIGHT, worker__isnull=True)[:500]:
-        if transition(execution, to=S.ABANDONED, result={"error": "the process running it stopped"}):
-            abandoned += 1
+    # Embedded mode has one process: anything it left in flight without a worker row died with it.
+    if settings.EMBEDDED:
+        for execution in Execution.objects.filter(status__in=IN_FLIGHT, worker__isnull=True)[:500]:
+            if transition(execution, to=S.ABANDONED, result={"error": "the process running it stopped"}):
+                abandoned += 1
     return {"dead_workers": dead, "abandoned": abandoned, "requeued": requeued}

@@ -15,6 +15,7 @@ def queue_position(execution: Execution) -> int:
         Execution.objects.filter(
             action_ref=execution.action_ref,
             policy_id=execution.policy_id,
+            policy_key=execution.policy_key,
             status=ExecutionStatus.DELAYED,
             id__lt=execution.pk,
         ).count()
@@ -28,6 +29,7 @@ def with_queue_position(queryset: QuerySet[Execution]) -> QuerySet[Execution]:
         Execution.objects.filter(
             status=ExecutionStatus.DELAYED,
             action_ref=OuterRef("action_ref"),
+            policy_key=OuterRef("policy_key"),
             id__lt=OuterRef("id"),
         )
         .annotate(_policy_slot=Coalesce("policy_id", Value(0)))

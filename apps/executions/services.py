@@ -18,7 +18,7 @@ from apps.core.statuses import TERMINAL, ExecutionStatus
 from attune.celery import app as celery_app
 
 from .models import Execution
-from .parameters import full_parameters, prepare
+from .parameters import REDACTED, full_parameters, prepare
 
 log = logging.getLogger("attune.executions")
 S = ExecutionStatus
@@ -73,11 +73,15 @@ def create_execution(
     timeout: int | None = None,
     context: dict[str, Any] | None = None,
     start: bool = True,
+    secret_names: set[str] | frozenset[str] = frozenset(),
+    mask_values: list[str] | None = None,
 ) -> Execution:
-    """Validate parameters (raises ParameterError naming fields), create the row, and request it."""
+    """Validate parameters (raises ParameterError naming fields), create the row, and request it.
+    ``secret_names``/``mask_values`` carry secrecy over from an earlier execution (re-runs, retries)."""
     if not action.enabled:
         raise ExecutionStateError(f"action {action.ref} is disabled")
-    prepared = prepare(action, parameters, user=user, context=context)
+    prepared = prepare(action, parameters, user=user, context=context, secret_names=secret_names,
+                       mask_values=mask_values)
     runtime = action.runner_type
     with transaction.atomic():
         execution = Execution.objects.create(
@@ -166,6 +170,8 @@ def rerun_execution(execution: Execution, *, user=None, parameters: dict[str, An
     """A new execution of the same action with the same (real) parameters, overridden where given."""
     if execution.action is None:
         raise ExecutionStateError(f"action {execution.action_ref} no longer exists")
-    values, _ = full_parameters(execution)
+    values, mask_values = full_parameters(execution)
+    secret_names = {name for name, value in (execution.parameters or {}).items() if value == REDACTED}
     values.update(parameters or {})
-    return create_execution(execution.action, values, user=user, original=execution, timeout=execution.timeout)
+    return create_execution(execution.action, values, user=user, original=execution, timeout=execution.timeout,
+                            secret_names=secret_names - set(parameters or {}), mask_values=mask_values)

@@ -78,7 +78,22 @@ def _load_yaml(path: Path, errors: list[str], root: Path) -> dict | None:
     if not isinstance(data, dict):
         errors.append(f"{rel}: must be a YAML mapping, got {type(data).__name__}")
         return None
-    return data
+    return _json_safe(data)
+
+
+def _json_safe(value):
+    """YAML reads unquoted dates (``fire_at: 2026-01-01T09:00:00Z``) as datetimes and ``on:`` as true;
+    the pack format means text."""
+    import datetime as dt
+
+    if isinstance(value, dict):
+        # YAML 1.1 reads an unquoted `on:` key (retry policies) as the boolean true.
+        return {("on" if k is True else "off" if k is False else k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
 
 
 def content_hash(root: Path) -> str:

@@ -9,7 +9,11 @@ class RulesConfig(AppConfig):
     def ready(self) -> None:
         from apps.executions.services import on_finished
 
-        from . import recovery  # noqa: F401  registers the event re-dispatch job
+        from . import (
+            recovery,  # noqa: F401  registers the event re-dispatch job
+            sensors,  # noqa: F401  registers rules.sensors (starts the sensor supervisor in the scheduler)
+            timers,  # noqa: F401  registers rules.fire_timers and keeps next_fire_at true on save
+        )
         from .system_triggers import execution_completed
 
         on_finished(execution_completed)

@@ -125,6 +125,24 @@ def testpack(tmp_path, transactional_db, worker):
         eval "$(cat)"
         printf '{"msg": "%s", "n": %s, "obj": %s}\\n' "$msg" "$n" "$obj"
     """)
+    write(root, "actions/leaky.yaml", """
+        name: leaky
+        runner_type: shell
+        entry_point: leaky.sh
+        parameters:
+          token: {type: string, secret: true}
+    """)
+    write(root, "actions/leaky.sh", """
+        #!/bin/sh
+        # Prints its secret in two halves, with a pause between, and closes its pipes before exiting.
+        token=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+        half=$(( ${#token} / 2 ))
+        printf 'token=%s' "$(printf '%s' "$token" | cut -c1-$half)"
+        sleep 0.8
+        printf '%s done\n' "$(printf '%s' "$token" | cut -c$((half + 1))-)"
+        exec >&- 2>&-
+        sleep 1
+    """)
     register_pack(root)
     return root
 

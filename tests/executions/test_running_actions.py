@@ -55,8 +55,10 @@ def test_secret_key_through_a_template_stays_secret(admin_api, testpack):
     assert json.loads((testpack / f"stdin.{done.pk}").read_text())["who"] == "kv-Secret-7"
     assert "kv-Secret-7" not in json.dumps(done.result) and "kv-Secret-7" not in json.dumps(done.parameters)
     rerun = admin_api.post(f"/api/v1/executions/{done.pk}/rerun", {}, format="json").json()
+    assert rerun["parameters"]["who"] == "********"  # still secret in the re-run
     again = wait_for(rerun["id"], "succeeded")
     assert again.original_id == done.pk
+    assert "kv-Secret-7" not in json.dumps(again.result) + json.dumps(again.parameters)
     assert json.loads((testpack / f"stdin.{again.pk}").read_text())["who"] == "kv-Secret-7"
 
 
@@ -66,6 +68,7 @@ def test_parameter_validation_names_the_field(admin_api, testpack):
     assert bad.status_code == 400
     errors = bad.json()["parameters"]
     assert "nope" in errors and "unknown parameter" in errors["nope"][0]
+    assert "count" in errors and "minimum" in errors["count"][0]  # reported together, not one at a time
     missing = admin_api.post("/api/v1/executions", {"action": "testpack.sleepy", "parameters": {}}, format="json")
     assert missing.status_code == 400 and missing.json()["parameters"] == {"marker": ["this parameter is required"]}
     wrong_type = admin_api.post("/api/v1/actions/testpack.show/execute", {"parameters": {"count": "x"}}, format="json")
@@ -174,3 +177,14 @@ def test_secret_pack_config_through_a_template_stays_secret(admin_api, testpack)
     done = wait_for(body["id"], "succeeded")
     assert json.loads((testpack / f"stdin.{done.pk}").read_text())["who"] == "cfg-Secret-9-eu"
     assert "cfg-Secret-9" not in json.dumps(done.result) + json.dumps(done.parameters)
+
+
+def test_live_output_masks_a_secret_split_across_reads(admin_api, testpack):
+    from apps.executions.models import OutputChunk
+
+    body = execute(admin_api, "testpack.leaky", {"token": "Split-Secret-123456"})
+    done = wait_for(body["id"], "succeeded", timeout=20)  # closing stdout/stderr early is not a failure
+    assert done.result["stdout"] == "token=******** done\n"
+    live = "".join(c.data for c in OutputChunk.objects.filter(execution_id=done.pk, stream="stdout").order_by("offset"))
+    assert "Split-Secret" not in live and "123456" not in live
+    assert done.result["stdout"].startswith(live)  # offsets of the live stream match the stored result

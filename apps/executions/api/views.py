@@ -232,3 +232,11 @@ class ActionOperationsViewSet(RefLookupMixin, PackScopedMixin, viewsets.GenericV
         body = ExecuteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         return start(request, self.get_object(), body.validated_data)
+
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    @route(detail=True, methods=["get"], url_path="queue-stats")
+    def queue_stats(self, request, ref=None):
+        """Policy queues of the action: ``{action, delayed, running, oldest_wait_seconds, policies, by_key}``."""
+        from apps.executions.policies import queue_stats
+
+        return Response(queue_stats(self.get_object()))

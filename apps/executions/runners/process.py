@@ -95,9 +95,10 @@ class ProcessRunner:
         next_flush = started + float(settings.ATTUNE_OUTPUT_FLUSH_SECONDS)
         exited_at: float | None = None
 
-        while sel.get_map():
+        while sel.get_map() or exited_at is None:
             now = time.monotonic()
-            for key, _ in sel.select(timeout=0.05):
+            ready = sel.select(timeout=0.05) if sel.get_map() else (time.sleep(0.05) or [])
+            for key, _ in ready:
                 if key.fileobj is proc.stdin:
                     try:
                         written = os.write(proc.stdin.fileno(), pending_stdin[:READ_SIZE])
@@ -118,6 +119,8 @@ class ProcessRunner:
             now = time.monotonic()
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
+            if exited_at is not None and not sel.get_map():
+                break
             if exited_at is not None and now - exited_at > 0.5:
                 # The main process is gone but something in its group still holds the pipes open.
                 _kill_group(pgid, signal.SIGKILL)

@@ -6,6 +6,7 @@ from apps.actions.models import Action
 from apps.packs.api.serializers import PackComponentSerializer
 from apps.rules.criteria import criteria_errors
 from apps.rules.models import Enforcement, Rule
+from apps.rules.timers import timer_params_errors
 from apps.triggers.models import Trigger
 
 
@@ -21,6 +22,16 @@ class RuleSerializer(PackComponentSerializer):
             "next_fire_at", "last_fired_at",
         ]
         read_only_fields = ["next_fire_at", "last_fired_at"]
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        trigger = attrs.get("trigger") or getattr(self.instance, "trigger", None)
+        params = attrs.get("trigger_params", getattr(self.instance, "trigger_params", {}))
+        if trigger is not None:
+            errors = timer_params_errors(trigger.ref, params)
+            if errors:
+                raise serializers.ValidationError({"trigger_params": errors})
+        return attrs
 
     def validate_criteria(self, value):
         errors = criteria_errors(value)

@@ -152,6 +152,9 @@ class Command(BaseCommand):
             self.stdout.write("shutting down…")
             if ticker is not None:
                 ticker.stop()
+                from apps.core.periodic import run_shutdown
+
+                run_shutdown()
             if worker is not None:
                 worker.stop()
             if presence is not None:
@@ -162,20 +165,21 @@ class Command(BaseCommand):
 
     # --- production roles -------------------------------------------------------------------------
     def cmd_worker(self, options) -> None:
-        from celery.signals import worker_ready, worker_shutdown
+        from celery.signals import worker_shutdown
 
         from apps.executions.workers import WorkerPresence
         from attune.celery import app
 
         queues = [q for q in options["queues"].split(",") if q]
         presence = WorkerPresence(queues=queues, concurrency=options["concurrency"])
-        def on_ready(**_):
-            from apps.core.periodic import run_startup
+        from apps.core.periodic import run_startup
 
-            run_startup()
-            presence.start()
+        # Registered before the pool starts, so prefork children inherit this worker's identity.
+        presence.start()
+        run_startup()
+        from django.db import connections
 
-        worker_ready.connect(on_ready, weak=False)
+        connections.close_all()  # never share a database socket with forked pool children
         worker_shutdown.connect(lambda **_: presence.stop(), weak=False)
         app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(options["concurrency"]), "-P", options["pool"],
                          "-l", os.environ.get("ATTUNE_LOG_LEVEL", "INFO"), "-E"])
@@ -191,6 +195,9 @@ class Command(BaseCommand):
         self.stdout.write(f"scheduler ticking every {settings.ATTUNE_SCHEDULER_TICK_SECONDS}s; Ctrl-C to stop")
         stop.wait()
         ticker.stop()
+        from apps.core.periodic import run_shutdown
+
+        run_shutdown()
         self.stdout.write("scheduler stopped")
 
     # --- packs and keys -------------------------------------------------------------------------
@@ -216,11 +223,14 @@ class Command(BaseCommand):
                 version = add_key_version()
                 self.stdout.write(f"added key version {version}")
             changed = reencrypt_all()
+            from apps.executions.parameters import reencrypt_execution_secrets
             from apps.packs.services import reencrypt_pack_configs
 
             configs = reencrypt_pack_configs()
+            executions = reencrypt_execution_secrets()
         except KeyRingError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(f"re-encrypted {changed} secret key(s) and {configs} pack config(s)")
+        self.stdout.write(f"re-encrypted {changed} secret key(s), {configs} pack config(s) and the secret "
+                          f"parameters of {executions} execution(s)")
 
 

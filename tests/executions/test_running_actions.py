@@ -188,3 +188,14 @@ def test_live_output_masks_a_secret_split_across_reads(admin_api, testpack):
     live = "".join(c.data for c in OutputChunk.objects.filter(execution_id=done.pk, stream="stdout").order_by("offset"))
     assert "Split-Secret" not in live and "123456" not in live
     assert done.result["stdout"].startswith(live)  # offsets of the live stream match the stored result
+
+
+def test_nul_bytes_and_invalid_utf8_in_output_are_stored(admin_api, testpack):
+    # PostgreSQL's jsonb refuses U+0000: output is stored with U+FFFD in its place, in both modes.
+    from apps.packs.registrar import register_pack, shipped_pack_dirs
+
+    for path in shipped_pack_dirs():
+        register_pack(path)
+    body = execute(admin_api, "core.local", {"cmd": "printf 'a\\000b\\377c'"})
+    done = wait_for(body["id"], "succeeded")
+    assert done.result["stdout"] == "a\ufffdb\ufffdc"

@@ -47,7 +47,12 @@ class StreamBuffer:
         self.size += len(chunk)
 
     def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
+        return as_text(self.data)
+
+
+def as_text(data: bytes | bytearray) -> str:
+    """Output as text: invalid UTF-8 and NUL bytes (which PostgreSQL's jsonb cannot hold) become U+FFFD."""
+    return bytes(data).decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -188,7 +193,7 @@ class ProcessRunner:
         for buf in streams:
             kept = len(buf.data)
             if kept > buf.flushed:
-                ctx.on_output(buf.name, buf.flushed, bytes(buf.data[buf.flushed:kept]).decode("utf-8", errors="replace"))
+                ctx.on_output(buf.name, buf.flushed, as_text(buf.data[buf.flushed:kept]))
                 buf.flushed = kept
 
 

@@ -9,7 +9,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 WHOLE_TEMPLATE_RE = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
@@ -45,6 +45,31 @@ def _compile(source: str, native: bool):
     if native:
         return environment().compile_expression(source, undefined_to_none=False)
     return environment().from_string(source)
+
+
+@lru_cache(maxsize=1)
+def _lenient_environment() -> ImmutableSandboxedEnvironment:
+    """For boolean conditions: a missing name or attribute is simply false (``payload.force`` absent)."""
+    env = ImmutableSandboxedEnvironment(undefined=ChainableUndefined, autoescape=False)
+    env.filters.update(environment().filters)
+    return env
+
+
+@lru_cache(maxsize=4096)
+def _compile_condition(expression: str):
+    return _lenient_environment().compile_expression(expression, undefined_to_none=True)
+
+
+def render_condition(source: str, context: dict[str, Any]) -> Any:
+    """Evaluate a ``{{ expression }}`` (or a bare expression) as a condition; undefined names are false."""
+    whole = WHOLE_TEMPLATE_RE.match(source)
+    expression = whole.group("expr").strip() if whole else source.strip()
+    try:
+        return _compile_condition(expression)(**context)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"condition {source!r}: syntax error: {exc.message}") from None
+    except Exception as exc:
+        raise TemplateError(f"condition {source!r}: {type(exc).__name__}: {exc}") from None
 
 
 def is_template(value: Any) -> bool:

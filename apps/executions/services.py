@@ -153,7 +153,8 @@ def cancel_execution(execution: Execution) -> Execution:
         if execution.status in TERMINAL:
             raise ExecutionStateError(f"execution {execution.pk} already ended ({execution.status})")
         if execution.status in (S.REQUESTED, S.DELAYED, S.SCHEDULED, S.PENDING, S.PAUSED):
-            if transition(execution, to=S.CANCELED, result=execution.result or {"error": "canceled"}):
+            if transition(execution, to=S.CANCELED, result=execution.result or {"error": "canceled"},
+                          waiting_reason=""):
                 transaction.on_commit(lambda: announce_finished(execution.pk))
         if not execution.is_terminal:
             transition(execution, to=S.CANCELING, cancel_requested=True)

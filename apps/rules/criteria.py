@@ -14,6 +14,7 @@ SEARCH_CONDITIONS = {"any", "all", "any2any", "all2any"}
 
 
 def canonical_operator(name: str) -> str | None:
+    name = name.lower() if isinstance(name, str) else name
     name = ALIASES.get(name, name)
     return name if name in OPERATORS else None
 

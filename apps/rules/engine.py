@@ -23,7 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from apps.core.templating import TemplateError, contains_template, render_string, render_value
+from apps.core.templating import TemplateError, contains_template, render_condition, render_value
 from apps.executions import services as executions
 from apps.executions.parameters import ParameterError
 from apps.triggers.models import Event, EventStatus
@@ -88,8 +88,12 @@ _cache_lock = threading.Lock()
 
 
 def rules_for(trigger_id: int) -> RuleIndex:
-    stamp_row = Rule.objects.filter(trigger_id=trigger_id).aggregate(n=Count("id"), latest=Max("updated"))
-    stamp = (stamp_row["n"], stamp_row["latest"])
+    # Revalidated per event with one aggregate: a change to a rule, its action, its action's pack (config)
+    # or its owner (deactivated, new grants are read live) drops the cached index.
+    stamp_row = Rule.objects.filter(trigger_id=trigger_id).aggregate(
+        n=Count("id"), latest=Max("updated"), action_at=Max("action__updated"), pack_at=Max("action__pack__updated"),
+        owner_at=Max("owner__updated"), trigger_at=Max("trigger__updated"))
+    stamp = tuple(stamp_row[k] for k in ("n", "latest", "action_at", "pack_at", "owner_at", "trigger_at"))
     with _cache_lock:
         cached = _cache.get(trigger_id)
         if cached is not None and cached[0] == stamp:
@@ -152,11 +156,18 @@ def evaluate(rule: Rule, payload: Any, event: dict[str, Any], *, context: dict[s
     matched = all_matched(results)
     if not matched and not detailed:
         return {"matched": False, "error": None}
-    outcome: dict[str, Any] = {"criteria": [asdict(r) for r in results], "matched": matched,
+    records = [asdict(r) for r in results]
+    if built:  # a pattern read kv / pack.config: anything secret in it is masked in what is returned or stored
+        from apps.executions.parameters import mask
+
+        secrets = built[0]["kv"].tracker.values
+        for record in records:
+            record["pattern"] = mask(record["pattern"], secrets)
+    outcome: dict[str, Any] = {"criteria": records, "matched": matched,
                                "condition": None, "error": None, "context": context}
     if outcome["matched"] and rule.condition.strip():
         try:
-            outcome["condition"] = truthy(render_string(rule.condition, full_context()))
+            outcome["condition"] = truthy(render_condition(rule.condition, full_context()))
         except TemplateError as exc:
             outcome["matched"] = False
             outcome["error"] = f"condition: {exc}"
@@ -198,6 +209,10 @@ def enforce(rule: Rule, event: Event, event_dict: dict[str, Any], context: dict[
         if outcome["error"]:
             _record_failure(rule, event, outcome, outcome["error"])
         return 0
+    if not owner_may_execute(rule):
+        _record_failure(rule, event, outcome, f"the rule's owner {rule.owner.username} may not execute "
+                                              f"{rule.action.ref} (or is inactive)")
+        return 0
     try:
         with transaction.atomic():
             enforcement = Enforcement.objects.create(
@@ -219,6 +234,18 @@ def enforce(rule: Rule, event: Event, event_dict: dict[str, Any], context: dict[
     except executions.ExecutionStateError as exc:
         _record_failure(rule, event, outcome, str(exc))
     return 0
+
+
+def owner_may_execute(rule: Rule) -> bool:
+    """Executions run as the rule's owner, so the owner needs the execute grant (read fresh each time).
+    Rules from pack files have no owner: registering the pack was the admin's decision."""
+    owner = rule.owner
+    if owner is None:
+        return True
+    from apps.accounts.permissions import has_grant
+
+    owner.__dict__.pop("_attune_grants", None)
+    return owner.is_active and has_grant(owner, "actions", "execute", rule.action.pack.ref)
 
 
 def _record_failure(rule: Rule, event: Event, outcome: dict[str, Any], reason: str) -> None:

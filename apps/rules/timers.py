@@ -304,7 +304,7 @@ def fire_timers(now: datetime | None = None) -> int:
     """Arm timer rules without a due time and fire the due ones; returns how many events this process emitted."""
     now = now or timezone.now()
     candidates = list(
-        Rule.objects.filter(trigger__ref__in=TIMER_TRIGGERS, enabled=True)
+        Rule.objects.filter(trigger__ref__in=TIMER_TRIGGERS, enabled=True, trigger__enabled=True)
         .filter(Q(next_fire_at__lte=now) | Q(next_fire_at__isnull=True))
         .select_related("trigger")
         .order_by("next_fire_at", "id")

@@ -26,6 +26,10 @@ class UnknownTrigger(LookupError):
     pass
 
 
+class TriggerDisabled(Exception):
+    """The trigger is disabled: it accepts no events (API: 409)."""
+
+
 def payload_errors(trigger: Trigger, payload: Any) -> list[str]:
     schema = trigger.payload_schema or {}
     if not schema:
@@ -56,6 +60,8 @@ def emit(
 ) -> Event:
     """Record one occurrence of ``trigger`` and hand it to rule matching (after commit)."""
     trigger = resolve_trigger(trigger)
+    if not trigger.enabled:
+        raise TriggerDisabled(f"trigger {trigger.ref} is disabled")
     errors = payload_errors(trigger, payload)
     event = Event.objects.create(
         trigger=trigger,

@@ -175,9 +175,12 @@ def receive(request: HttpRequest, key: str) -> JsonResponse:
     except (ValueError, UnicodeDecodeError):
         return _reject(webhook, request, 400, "the body is not JSON")
     headers = {k: v for k, v in request.headers.items() if k.lower() not in DROPPED_HEADERS}
-    with transaction.atomic():
-        event = services.emit(webhook.trigger, payload,
-                              meta={"source": "webhook", "source_ip": ip, "headers": headers})
+    try:
+        with transaction.atomic():
+            event = services.emit(webhook.trigger, payload,
+                                  meta={"source": "webhook", "source_ip": ip, "headers": headers})
+    except services.TriggerDisabled as exc:
+        return _reject(webhook, request, 409, str(exc))
     if cache.add(f"attune:webhook-seen:{webhook.pk}", 1, timeout=60):  # at most one write a minute
         Webhook.objects.filter(pk=webhook.pk).update(last_received_at=timezone.now())
     return JsonResponse({"event_id": event.pk}, status=202)

@@ -164,3 +164,55 @@ def test_execution_completed_chains_rules(admin_api, core):
     assert Rule.objects.get(ref="core.chain").enabled
     disabled = admin_api.post("/api/v1/rules/core.chain/disable")
     assert disabled.status_code == 200 and disabled.json()["enabled"] is False
+
+
+def test_rules_cannot_run_what_their_owner_may_not_execute(admin_api, core, db):
+    from rest_framework.test import APIClient
+
+    from apps.accounts.models import PermissionAssignment, PermissionSet
+    from tests.factories import UserFactory
+
+    alice = UserFactory(username="alice")
+    PermissionAssignment.objects.create(identity=alice, permission_set=PermissionSet.objects.get(name="editor"),
+                                        packs=["ops"])
+    client = APIClient()
+    client.force_authenticate(alice)
+    admin_api.post("/api/v1/packs", {"ref": "ops", "version": "1.0.0"}, format="json")
+    admin_api.post("/api/v1/triggers", {"pack": "ops", "name": "alert"}, format="json")
+    sneaky = client.post("/api/v1/rules", {"pack": "ops", "name": "sneaky", "trigger": "ops.alert",
+                                           "action": "core.local", "action_params": {"cmd": "id"}}, format="json")
+    assert sneaky.status_code == 400 and "action" in sneaky.json()
+    # A rule made by someone allowed, whose owner later loses the grant, fails its enforcement instead.
+    rule = make_rule(admin_api, name="later", trigger="core.webhook", criteria={})
+    Rule.objects.filter(ref=rule["ref"]).update(owner=alice)
+    event = admin_api.post("/api/v1/events", {"trigger": "core.webhook", "payload": {"host": "h"}},
+                           format="json").json()
+    wait_event(event["id"])
+    enforcement = Enforcement.objects.get(event_id=event["id"], rule_ref="core.later")
+    assert enforcement.status == "failed" and "may not execute" in enforcement.failure_reason
+    assert not Execution.objects.filter(trigger_event_id=event["id"]).exists()
+
+
+def test_disabled_trigger_accepts_nothing_and_secret_patterns_stay_secret(admin_api, api, core):
+    from apps.keys import services as keys
+    from apps.keys.models import Key
+
+    url = admin_api.post("/api/v1/triggers/core.webhook/webhook/enable", {}, format="json").json()["url"]
+    assert admin_api.post("/api/v1/triggers/core.webhook/disable").status_code == 200
+    assert api.post(url, {"a": 1}, format="json").status_code == 409
+    assert admin_api.post("/api/v1/events", {"trigger": "core.webhook", "payload": {}},
+                          format="json").status_code == 409
+    assert not Event.objects.exists()
+    key = Key(name="pager_token", scope="system")
+    keys.apply_value(key, "tok-9f8e7d", secret=True)
+    key.save()
+    answer = admin_api.post("/api/v1/rules/test", {"rule": {
+        "trigger": "core.webhook", "action": "core.noop",
+        "criteria": {"payload.x": {"type": "equals", "pattern": "{{ kv.system.pager_token }}"}}},
+        "payload": {"x": "tok-9f8e7d"}}, format="json").json()
+    assert answer["matched"] is True
+    assert "tok-9f8e7d" not in json.dumps(answer["criteria"][0]["pattern"])
+    lenient = admin_api.post("/api/v1/rules/test", {"rule": {
+        "trigger": "core.webhook", "action": "core.noop", "condition": "{{ payload.count > 3 or payload.force }}"},
+        "payload": {"count": 1}}, format="json").json()
+    assert lenient == {**lenient, "matched": False, "condition": False, "error": None}

@@ -31,6 +31,15 @@ class RuleSerializer(PackComponentSerializer):
             errors = timer_params_errors(trigger.ref, params)
             if errors:
                 raise serializers.ValidationError({"trigger_params": errors})
+        # A rule runs its action as its owner (the caller): the caller must be allowed to execute it.
+        request = self.context.get("request")
+        action = attrs.get("action")
+        if request is not None and action is not None:
+            from apps.accounts.permissions import has_grant
+
+            if not has_grant(request.user, "actions", "execute", action.pack.ref):
+                raise serializers.ValidationError(
+                    {"action": [f"you may not execute {action.ref}, so a rule of yours may not run it."]})
         return attrs
 
     def validate_criteria(self, value):

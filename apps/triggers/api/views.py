@@ -9,6 +9,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
 from apps.core.api.enable import EnableDisableMixin
+from apps.core.api.errors import Conflict
 from apps.core.api.views import ModelViewSet, ReadOnlyViewSet, RefLookupMixin
 from apps.triggers import services as events_service
 from apps.triggers import webhooks
@@ -159,16 +160,22 @@ class EventViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
             raise serializers.ValidationError({"trigger": [f"no trigger {ref!r}."]})
         if not has_grant(request.user, "events", "create", trigger.pack.ref):
             self.permission_denied(request, "you may not emit events of this pack.")
-        with transaction.atomic():
-            event = events_service.emit(trigger, body.validated_data["payload"], user=request.user,
-                                        meta={"source": "api", "user": request.user.username})
+        try:
+            with transaction.atomic():
+                event = events_service.emit(trigger, body.validated_data["payload"], user=request.user,
+                                            meta={"source": "api", "user": request.user.username})
+        except events_service.TriggerDisabled as exc:
+            raise Conflict(str(exc)) from None
         return Response(EventSerializer(event).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={201: EventSerializer})
     @route(detail=True, methods=["post"], url_path="re-emit")
     def re_emit(self, request, pk=None):
         """Emit the same trigger and payload again (matched again by the rules enabled now)."""
-        with transaction.atomic():
-            event = events_service.re_emit(self.get_object(), user=request.user)
+        try:
+            with transaction.atomic():
+                event = events_service.re_emit(self.get_object(), user=request.user)
+        except events_service.TriggerDisabled as exc:
+            raise Conflict(str(exc)) from None
         return Response(EventSerializer(event).data, status=status.HTTP_201_CREATED)
     ordering_fields = ["id", "created"]

@@ -20,3 +20,21 @@ def check_json_schema(value: Any, field: str = "schema") -> Any:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise serializers.ValidationError(f"invalid JSON Schema at {where}: {exc.message}") from None
     return value
+
+
+class CachedFieldsMixin:
+    """Build a ModelSerializer's fields once per class and copy them per instance.
+
+    DRF introspects the model on every instantiation; on hot endpoints (running an action, receiving an
+    event) that costs more than the database work. The copy is the same deep copy DRF makes of declared
+    fields, so instances never share field state."""
+
+    _fields_template: dict | None = None
+
+    def get_fields(self):
+        import copy
+
+        cls = type(self)
+        if cls.__dict__.get("_fields_template") is None:
+            cls._fields_template = super().get_fields()
+        return copy.deepcopy(cls._fields_template)

@@ -21,4 +21,5 @@ def start(request, action, data: dict) -> Response:
         raise serializers.ValidationError({"parameters": exc.errors}) from None
     except services.ExecutionStateError as exc:
         raise Conflict(str(exc)) from None
+    execution._prefetched_objects_cache = {"children": execution.children.none()}  # new: it has none yet
     return Response(ExecutionSerializer(execution).data, status=status.HTTP_201_CREATED)

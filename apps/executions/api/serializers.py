@@ -3,13 +3,14 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from apps.actions.models import Action
+from apps.core.api.serializers import CachedFieldsMixin
 from apps.core.statuses import ExecutionStatus
 from apps.executions.models import Artifact, Execution, Policy, Worker
 from apps.executions.selectors import queue_position
 from apps.packs.api.serializers import PackComponentSerializer
 
 
-class ExecutionSerializer(serializers.ModelSerializer):
+class ExecutionSerializer(CachedFieldsMixin, serializers.ModelSerializer):
     action = serializers.CharField(source="action_ref", read_only=True)
     pack = serializers.CharField(source="pack_ref", read_only=True)
     children = serializers.SerializerMethodField()

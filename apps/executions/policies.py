@@ -32,6 +32,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -352,9 +354,35 @@ def retry(execution: Execution, policy: Policy) -> Execution | None:
 
 # --- the completion handler and the sweep --------------------------------------------------------------------
 
+_with_policies: tuple[float, frozenset[int]] = (0.0, frozenset())
+_with_policies_lock = threading.Lock()
+
+
+def actions_with_policies() -> frozenset[int]:
+    """Ids of actions that have an enabled policy, re-read at most once a second (the hot path of every
+    finished execution must not query for policies most actions do not have). The sweep repairs the
+    release of an action whose first policy appeared within that second."""
+    global _with_policies
+    now = time.monotonic()
+    with _with_policies_lock:
+        if now - _with_policies[0] < 1.0:
+            return _with_policies[1]
+    ids = frozenset(Policy.objects.filter(enabled=True).values_list("action_id", flat=True).distinct())
+    with _with_policies_lock:
+        _with_policies = (now, ids)
+    return ids
+
+
+def forget_policies(**_kwargs) -> None:
+    """Connected to Policy saves and deletes: this process sees a new policy at once (others within 1 s)."""
+    global _with_policies
+    with _with_policies_lock:
+        _with_policies = (0.0, frozenset())
+
+
 def on_execution_finished(execution: Execution) -> None:
     """Retry a failure if a policy says so, then hand freed slots to the oldest delayed executions."""
-    if execution.action_id is None:
+    if execution.action_id is None or execution.action_id not in actions_with_policies():
         return
     policies = list(Policy.objects.filter(action_id=execution.action_id, enabled=True).order_by("pk"))
     if not policies:

@@ -43,11 +43,13 @@ def on_finished(handler: Callable[[Execution], None]) -> None:
     _finished.append(handler)
 
 
-def announce_finished(execution_id: int) -> None:
-    """Run the completion handlers for a terminal execution (after the commit that made it terminal)."""
+def announce_finished(execution_id: int, execution: Execution | None = None) -> None:
+    """Run the completion handlers for a terminal execution (after the commit that made it terminal).
+    ``execution`` may be the caller's up-to-date instance, saving a re-read."""
     if not _finished:
         return
-    execution = Execution.objects.filter(pk=execution_id).first()
+    if execution is None:
+        execution = Execution.objects.filter(pk=execution_id).first()
     if execution is None or not execution.is_terminal:
         return
     for handler in _finished:
@@ -141,8 +143,7 @@ def finish(execution: Execution, status: str, result: Any, **fields) -> bool:
         if current == S.CANCELING:
             won = transition(execution, to=S.CANCELED, from_=S.CANCELING, result=result, **fields)
     if won:
-        execution_id = execution.pk
-        transaction.on_commit(lambda: announce_finished(execution_id))
+        transaction.on_commit(lambda: announce_finished(execution.pk, execution))
     return won
 
 

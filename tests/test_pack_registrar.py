@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,13 @@ from apps.packs.registrar import PackError, register_pack
 from apps.rules.models import Rule
 from apps.triggers.models import Trigger
 from apps.workflows.models import WorkflowDefinition
+from tests.executions.conftest import write
 
 pytestmark = pytest.mark.django_db
 
 CORE = Path(__file__).resolve().parent.parent / "packs" / "core"
 
 
-def write(root: Path, rel: str, text: str) -> None:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.core.periodic import on_startup, register
+from apps.core.processes import kill_group, pid_alive
 from apps.core.statemachine import transition
 from apps.core.statuses import ExecutionStatus
 
@@ -32,14 +33,6 @@ S = ExecutionStatus
 IN_FLIGHT = [S.RUNNING, S.CANCELING, S.PAUSING]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @register("executions.reap_abandoned", every=5)
@@ -52,10 +45,7 @@ def reap_abandoned() -> int:
     for execution in stuck[:500]:
         worker = execution.worker
         if execution.pid and worker.hostname == hostname:
-            try:
-                os.killpg(execution.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_group(execution.pid, signal.SIGKILL)
         result = dict(execution.result or {})
         result["error"] = f"worker {worker.name} stopped ({worker.state}) while this execution was {execution.status}"
         with transaction.atomic():
@@ -88,7 +78,7 @@ def recover_on_startup() -> dict[str, int]:
     hostname = socket.gethostname()
     dead = 0
     for worker in Worker.objects.filter(hostname=hostname, state__in=[Worker.State.ONLINE, Worker.State.STOPPING]):
-        if worker.pid != os.getpid() and not _pid_alive(worker.pid):
+        if worker.pid != os.getpid() and not pid_alive(worker.pid):
             dead += Worker.objects.filter(pk=worker.pk).update(state=Worker.State.DEAD)
     abandoned = reap_abandoned()
     requeued = requeue_stale(older_than=0) if settings.EMBEDDED else 0

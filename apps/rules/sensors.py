@@ -77,6 +77,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.core.periodic import on_shutdown, register
+from apps.core.processes import kill_group, pid_alive
 from apps.packs.models import RuntimeKind
 from apps.triggers.models import Sensor, SensorMode, SensorState
 from apps.triggers.services import emit
@@ -212,21 +213,6 @@ def sensor_command(plan: Plan) -> tuple[list[str], dict[str, str], Path]:
 
 # --------------------------------------------------------------------------------------------- process groups
 
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def kill_orphan(previous_host: str, pid: int | None, ref: str, grace: float | None = None) -> bool:
@@ -243,11 +229,11 @@ def kill_orphan(previous_host: str, pid: int | None, ref: str, grace: float | No
     if f"ATTUNE_SENSOR={ref}".encode() not in environ:
         return False
     log.warning("sensor %s: killing process group %s left by %s", ref, pid, previous_host)
-    _kill_group(pid, signal.SIGTERM)
+    kill_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + (kill_grace() if grace is None else grace)
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
-    _kill_group(pid, signal.SIGKILL)
+    kill_group(pid, signal.SIGKILL)
     return True
 
 
@@ -398,17 +384,17 @@ class SensorRun:
                         break
                     if now - exited_at > 0.5:
                         # The main process is gone but something in its group still holds the pipes open.
-                        _kill_group(pgid, signal.SIGKILL)
+                        kill_group(pgid, signal.SIGKILL)
                     if now - exited_at > 2.0:
                         break
                 elif term_sent is None:
                     if self.timeout is not None and now - self.started >= self.timeout:
                         self.request_stop("timeout")
                     if self._stop.is_set():
-                        _kill_group(pgid, signal.SIGTERM)
+                        kill_group(pgid, signal.SIGTERM)
                         term_sent = now
                 if term_sent is not None and not killed and exited_at is None and now - term_sent >= grace:
-                    _kill_group(pgid, signal.SIGKILL)
+                    kill_group(pgid, signal.SIGKILL)
                     killed = True
                 if self.m.tail_dirty and now - self.m.tail_flushed >= STDERR_FLUSH_SECONDS:
                     self.supervisor._flush_tail(self.m)
@@ -422,9 +408,9 @@ class SensorRun:
             try:
                 self.exit_code = proc.wait(timeout=grace + 5)
             except subprocess.TimeoutExpired:
-                _kill_group(pgid, signal.SIGKILL)
+                kill_group(pgid, signal.SIGKILL)
                 self.exit_code = proc.wait()
-            _kill_group(pgid, signal.SIGKILL)  # leftovers of the group: no orphans
+            kill_group(pgid, signal.SIGKILL)  # leftovers of the group: no orphans
         for fd, rest in pending.items():  # a last line without its newline
             if rest and not skipping[fd]:
                 if fd == out_fd:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from apps.core.processes import kill_group
 from apps.core.statuses import ExecutionStatus
 
 from . import Outcome, RunContext, register
@@ -55,11 +56,6 @@ def as_text(data: bytes | bytearray) -> str:
     return bytes(data).decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class ProcessRunner:
@@ -128,7 +124,7 @@ class ProcessRunner:
                 break
             if exited_at is not None and now - exited_at > 0.5:
                 # The main process is gone but something in its group still holds the pipes open.
-                _kill_group(pgid, signal.SIGKILL)
+                kill_group(pgid, signal.SIGKILL)
                 if now - exited_at > 2.0:
                     break
             if ended_by is None and exited_at is None:
@@ -141,10 +137,10 @@ class ProcessRunner:
                     if ctx.cancel_requested():
                         ended_by = "cancel"
                 if ended_by is not None:
-                    _kill_group(pgid, signal.SIGTERM)
+                    kill_group(pgid, signal.SIGTERM)
                     term_sent_at = now
             if term_sent_at is not None and now - term_sent_at >= grace:
-                _kill_group(pgid, signal.SIGKILL)
+                kill_group(pgid, signal.SIGKILL)
                 term_sent_at = None
             if ctx.on_output is not None and now >= next_flush:
                 next_flush = now + float(settings.ATTUNE_OUTPUT_FLUSH_SECONDS)
@@ -160,9 +156,9 @@ class ProcessRunner:
         try:
             exit_code = proc.wait(timeout=grace + 5)
         except subprocess.TimeoutExpired:
-            _kill_group(pgid, signal.SIGKILL)
+            kill_group(pgid, signal.SIGKILL)
             exit_code = proc.wait()
-        _kill_group(pgid, signal.SIGKILL)  # leftovers of the group: no orphans
+        kill_group(pgid, signal.SIGKILL)  # leftovers of the group: no orphans
         if ctx.on_output is not None and (time.monotonic() - started) > float(settings.ATTUNE_OUTPUT_FLUSH_SECONDS):
             self._flush(ctx, out, err)
 

@@ -228,6 +228,8 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "ENUM_NAME_OVERRIDES": {
         "ExecutionStatusEnum": "apps.core.statuses.ExecutionStatus",
+        "WorkerStateEnum": "apps.executions.models.Worker.State",
+        "SensorStateEnum": "apps.triggers.models.SensorState",
     },
 }
 

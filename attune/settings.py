@@ -269,7 +269,7 @@ ATTUNE_KILL_GRACE_SECONDS = float(env_str("ATTUNE_KILL_GRACE_SECONDS", "5"))
 # A `scheduled` execution no worker claimed for this long is dispatched again (a lost message).
 ATTUNE_REQUEUE_SECONDS = env_int("ATTUNE_REQUEUE_SECONDS", 120)
 # An event still unmatched this long after it arrived is dispatched to matching again.
-ATTUNE_EVENT_REDISPATCH_SECONDS = env_int("ATTUNE_EVENT_REDISPATCH_SECONDS", 60)
+ATTUNE_EVENT_REDISPATCH_SECONDS = env_int("ATTUNE_EVENT_REDISPATCH_SECONDS", 300)
 
 ATTUNE_WEBHOOK_MAX_PAYLOAD_BYTES = env_int("ATTUNE_WEBHOOK_MAX_PAYLOAD_BYTES", 1024 * 1024)
 # Sensors (supervised by the scheduler process).

@@ -91,6 +91,7 @@ class Event(models.Model):
     )
     created = models.DateTimeField(auto_now_add=True, db_index=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    redispatched_at = models.DateTimeField(null=True, blank=True, help_text="Last re-send to matching (recovery).")
 
     class Meta:
         ordering = ["-id"]

@@ -48,3 +48,22 @@ def test_candidates_are_few_when_rules_differ_by_equality():
     payload = {"host": "db-500"}
     ctx = event_context(payload, event={"id": 1, "trigger": "p.t", "created": "now", "payload": payload})
     assert [r.pk for r in index.candidates(ctx)] == [500]
+
+
+def test_stale_events_are_re_sent_at_most_once_per_period(db, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.rules import recovery
+    from apps.triggers.models import Event
+    from tests.factories import EventFactory
+
+    sent = []
+    monkeypatch.setattr(recovery, "dispatch", sent.append)
+    old = EventFactory()
+    Event.objects.filter(pk=old.pk).update(created=timezone.now() - timedelta(minutes=10))
+    EventFactory()  # recent: its first message is presumably still queued
+    assert recovery.redispatch_stale_events(older_than=60) == 1
+    assert recovery.redispatch_stale_events(older_than=60) == 0  # not again within the period
+    assert sent == [old.pk]

@@ -153,6 +153,7 @@ if EMBEDDED:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
+            "CONN_MAX_AGE": 600,  # keep each thread's connection (and its PRAGMAs) instead of reopening
             # One file per test process, so parallel runs never share a test database.
             "TEST": {"NAME": str(ATTUNE_HOME / f"test-{os.getpid()}.sqlite3")},
         }
@@ -246,6 +247,9 @@ CELERY_TASK_DEFAULT_QUEUE = "attune"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fix-up closes the database connection around every task unless told otherwise, which
+# made every execution open a new PostgreSQL session. Connections follow CONN_MAX_AGE instead.
+CELERY_DB_REUSE_MAX = env_int("ATTUNE_DB_REUSE_MAX", 1000)
 if EMBEDDED:
     CELERY_BROKER_URL = "memory://localhost/"
     # The memory transport polls once a second by default: 5 ms keeps an in-process hop cheap.

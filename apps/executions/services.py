@@ -128,7 +128,8 @@ def schedule(execution: Execution) -> bool:
 
 
 def dispatch(execution_id: int, queue: str) -> None:
-    celery_app.send_task(RUN_TASK, args=[execution_id], queue=queue or DEFAULT_QUEUE)
+    # ignore_result: the outcome lives in the row; without it the Redis backend subscribes per message.
+    celery_app.send_task(RUN_TASK, args=[execution_id], queue=queue or DEFAULT_QUEUE, ignore_result=True)
 
 
 def finish(execution: Execution, status: str, result: Any, **fields) -> bool:

@@ -80,7 +80,7 @@ def emit(
 
 
 def dispatch(event_id: int) -> None:
-    celery_app.send_task(PROCESS_EVENT_TASK, args=[event_id], queue=EVENTS_QUEUE)
+    celery_app.send_task(PROCESS_EVENT_TASK, args=[event_id], queue=EVENTS_QUEUE, ignore_result=True)
 
 
 def re_emit(event: Event, user=None) -> Event:

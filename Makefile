@@ -13,6 +13,7 @@ help:
 	@echo "make test      install and run the whole test suite (embedded mode)"
 	@echo "make test-prod run the suite against PostgreSQL + Redis (needs ATTUNE_DATABASE_URL and ATTUNE_REDIS_URL)"
 	@echo "make lint      ruff"
+	@echo "make bench     execution benchmark, embedded mode (see docs/performance.md for production)"
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Attune needs Python 3.11)"; exit 1; }
@@ -39,7 +40,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 bench: venv
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) bench/bench_executions.py --mode embedded
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

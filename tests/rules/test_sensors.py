@@ -214,17 +214,19 @@ def test_daemon_sensor_feeds_rules_restarts_on_new_settings_and_stops_with_its_r
 
 
 def test_crashing_sensor_restarts_with_growing_backoff(admin_api, sensorpack, supervisors, settings):
-    settings.ATTUNE_SENSOR_BACKOFF_INITIAL_SECONDS = 0.4  # 0.4, 0.8, 1.6 s … (1, 2, 4 s by default)
+    settings.ATTUNE_SENSOR_BACKOFF_INITIAL_SECONDS = 0.8  # 0.8, 1.6, 3.2 s … (1, 2, 4 s by default)
     sup = supervisors()
     make_rule(admin_api, "on_crash", "sensorpack.crash")
     sup.start(interval=0.2)
 
     row = wait_until(lambda: (lambda r: r if r.restarts >= 4 else None)(sensor("sensorpack.crasher")),
-                     timeout=15, what="four restarts")
+                     timeout=30, what="four restarts")
     starts = [float(x) for x in (sensorpack / "starts.log").read_text().split()]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(gaps) >= 3
-    assert gaps[0] >= 0.35 and gaps[1] > gaps[0] * 1.5 and gaps[2] > gaps[1] * 1.5, gaps
+    # Start-to-start gaps are back-off plus the crash's own run time (process start, noisy under load): the
+    # back-off doubles, so each gap grows by about the previous back-off (0.8 s, then 1.6 s).
+    assert gaps[0] >= 0.75 and gaps[1] - gaps[0] > 0.5 and gaps[2] - gaps[1] > 1.1, gaps
     assert row.last_exit_code == 3 and row.host == sup.owner_id
 
     status = admin_api.get("/api/v1/sensors/sensorpack.crasher/status").json()

@@ -876,7 +876,7 @@ def session_pids(sid: int) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 def bench_mode(mode: str, args) -> dict[str, Any]:
     tests = set(args.tests.split(","))
-    result: dict[str, Any] = {"mode": mode}
+    result: dict[str, Any] = {"mode": mode, "code_at_start": code_state()}
     if "raw" in tests:
         log("raw subprocess.run(['/bin/sh','-c','true']) rate (system not started yet)")
         result["foreign_load_before"] = wait_idle(args.wait_idle)
@@ -917,6 +917,10 @@ def bench_mode(mode: str, args) -> dict[str, Any]:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(p.logfile, dest)
         result["log_bytes"] = {p.role: p.logfile.stat().st_size for p in system.procs if p.logfile.exists()}
+        result["code_at_end"] = code_state()
+        if result["code_at_end"] != result["code_at_start"]:
+            log(f"WARNING: application code changed during the {mode} run (servers loaded the old code; "
+                f"{result['code_at_start']} -> {result['code_at_end']})")
     except BaseException:
         for p in system.procs:
             log(f"--- {p.role} log tail ---\n{tail(p.logfile)}")
@@ -948,6 +952,8 @@ def summarize(results: dict[str, dict[str, Any]], args) -> str:
     ]
     for mode, r in results.items():
         lines.append(f"{mode}: {r.get('config', '')}")
+        if r.get("code_at_end") and r.get("code_at_end") != r.get("code_at_start"):
+            lines.append(f"{mode}: WARNING the application code changed during this run")
     if EXPERIMENTS:
         lines.append(f"EXPERIMENTS (settings overlays, not the shipped configuration): {', '.join(EXPERIMENTS)}")
     lines.append("-" * 100)

@@ -1,9 +1,12 @@
 """Shared fixtures: API clients logged in as each built-in role."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.conf import settings
 from django.core.cache import cache
+from django.test import TransactionTestCase
 from rest_framework.test import APIClient
 
 from apps.accounts.models import PermissionAssignment, PermissionSet
@@ -67,12 +70,54 @@ def editor_api(db):
     return _role_client("editor")
 
 
+_session_worker = None
+
+
 @pytest.fixture(scope="session")
 def worker():
     """A real Celery worker (thread pool) on the mode's broker, consuming every queue."""
+    global _session_worker
     from apps.core.embedded import EmbeddedWorker
 
     w = EmbeddedWorker(concurrency=6, queues=list(settings.ATTUNE_QUEUES))
     w.start()
+    _session_worker = w
     yield w
+    _session_worker = None
     w.stop()
+
+
+def _quiesce_worker(timeout: float = 30.0) -> None:
+    """Drop the messages a test left on the broker and wait until the session worker runs nothing.
+
+    A transactional test ends with a flush (TRUNCATE on PostgreSQL). A task the test left behind, run by the
+    session worker at that moment, takes row locks the TRUNCATE waits on while it waits on the TRUNCATE's
+    locks: a deadlock, or a test that sees a half-flushed database. So the broker is purged and the worker
+    drained first."""
+    if _session_worker is None:
+        return
+    from celery.worker import state
+
+    from attune.celery import app
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in settings.ATTUNE_QUEUES:
+            try:
+                channel.queue_purge(queue)
+            except Exception:  # a queue nobody declared yet has nothing to purge
+                pass
+    deadline = time.monotonic() + timeout
+    while (state.active_requests or state.reserved_requests) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+_original_fixture_teardown = TransactionTestCase._fixture_teardown
+
+
+def _fixture_teardown_after_quiesce(self):
+    _quiesce_worker()
+    return _original_fixture_teardown(self)
+
+
+TransactionTestCase._fixture_teardown = _fixture_teardown_after_quiesce

@@ -34,12 +34,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.REQUESTED: frozenset({S.DELAYED}),  # a delayed execution re-enters admission when a slot frees
     S.DELAYED: frozenset({S.REQUESTED}),
     S.SCHEDULED: frozenset({S.REQUESTED, S.DELAYED}),
-    S.RUNNING: frozenset({S.SCHEDULED, S.PENDING, S.PAUSED}),
+    S.RUNNING: frozenset({S.SCHEDULED, S.PENDING, S.PAUSING, S.PAUSED}),  # resume a (pausing) workflow
     S.PENDING: frozenset({S.RUNNING}),
     S.PAUSING: frozenset({S.RUNNING, S.PENDING}),
     S.PAUSED: frozenset({S.PAUSING, S.RUNNING, S.PENDING}),
     S.CANCELING: frozenset({S.RUNNING, S.PENDING, S.PAUSING, S.PAUSED}),
-    S.SUCCEEDED: frozenset({S.RUNNING, S.PENDING}),
+    S.SUCCEEDED: frozenset({S.RUNNING, S.PENDING, S.PAUSING}),  # a pausing workflow whose last task ended
     S.FAILED: frozenset({S.REQUESTED, S.DELAYED, S.SCHEDULED, S.RUNNING, S.PENDING, S.PAUSING, S.CANCELING}),
     S.TIMEOUT: frozenset({S.RUNNING, S.PENDING, S.PAUSING, S.PAUSED}),
     S.CANCELED: frozenset({S.REQUESTED, S.DELAYED, S.SCHEDULED, S.CANCELING, S.PAUSED, S.PENDING}),

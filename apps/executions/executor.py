@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from apps.core.statemachine import transition
@@ -110,8 +110,11 @@ def execute(execution_id: int) -> str:
             outcome = Outcome(S.FAILED, {"error": f"{type(exc).__name__}: {exc}"})
     result = mask(outcome.result, mask_values)
     if outcome.status == S.PENDING:
-        transition(execution, to=S.PENDING, from_=S.RUNNING, result=result)
+        if transition(execution, to=S.PENDING, from_=S.RUNNING, result=result):
+            transaction.on_commit(lambda: services.announce_pending(execution))
         return S.PENDING
+    if outcome.status == S.RUNNING:  # an orchestrating runner (workflow): its conductor ends it later
+        return S.RUNNING
     services.finish(execution, outcome.status, result, pid=None)
     return outcome.status
 

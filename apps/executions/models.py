@@ -72,6 +72,8 @@ class Execution(TimestampedModel):
     task_name = models.CharField(max_length=128, blank=True, default="")
     task_execution_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     item_index = models.IntegerField(null=True, blank=True)
+    task_reported = models.BooleanField(
+        default=False, help_text="The workflow conductor has counted this child's end (exactly once).")
     # Scheduling and policy state.
     queue = models.CharField(max_length=64, blank=True, default="")
     run_after = models.DateTimeField(null=True, blank=True, db_index=True, help_text="Not before (retries).")
@@ -100,6 +102,9 @@ class Execution(TimestampedModel):
             models.Index(fields=["action_ref", "status"]),
             models.Index(fields=["pack_ref", "created"]),
             models.Index(fields=["parent", "task_name"]),
+            models.Index(fields=["task_execution_id", "item_index"]),
+            models.Index(fields=["finished_at"], name="exec_unreported_child",
+                         condition=models.Q(task_reported=False, task_execution_id__isnull=False)),
         ]
 
     def __str__(self) -> str:

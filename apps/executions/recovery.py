@@ -84,7 +84,10 @@ def recover_on_startup() -> dict[str, int]:
     requeued = requeue_stale(older_than=0) if settings.EMBEDDED else 0
     # Embedded mode has one process: anything it left in flight without a worker row died with it.
     if settings.EMBEDDED:
-        for execution in Execution.objects.filter(status__in=IN_FLIGHT, worker__isnull=True)[:500]:
+        # (Workflow executions have no worker by design: their state is in the database, their conductor
+        # picks them up again.)
+        for execution in Execution.objects.filter(status__in=IN_FLIGHT, worker__isnull=True).exclude(
+                runner_type="workflow")[:500]:
             if transition(execution, to=S.ABANDONED, result={"error": "the process running it stopped"}):
                 abandoned += 1
     return {"dead_workers": dead, "abandoned": abandoned, "requeued": requeued}

@@ -28,6 +28,8 @@ DEFAULT_QUEUE = "attune"
 
 _admission: list[Callable[[Execution], bool]] = []
 _finished: list[Callable[[Execution], None]] = []
+_pending: list[Callable[[Execution], None]] = []
+_cancel_requested: list[Callable[[Execution], None]] = []
 
 
 class ExecutionStateError(Exception):
@@ -41,6 +43,24 @@ def register_admission(hook: Callable[[Execution], bool]) -> None:
 
 def on_finished(handler: Callable[[Execution], None]) -> None:
     _finished.append(handler)
+
+
+def on_pending(handler: Callable[[Execution], None]) -> None:
+    """``handler(execution)`` after an execution went ``pending`` (waiting on something outside, e.g. an inquiry)."""
+    _pending.append(handler)
+
+
+def on_cancel_requested(handler: Callable[[Execution], None]) -> None:
+    """``handler(execution)`` after :func:`cancel_execution` asked an execution (and its children) to stop."""
+    _cancel_requested.append(handler)
+
+
+def announce_pending(execution: Execution) -> None:
+    for handler in _pending:
+        try:
+            handler(execution)
+        except Exception:
+            log.exception("pending handler %s failed for execution %s", handler, execution.pk)
 
 
 def announce_finished(execution_id: int, execution: Execution | None = None) -> None:
@@ -165,6 +185,8 @@ def cancel_execution(execution: Execution) -> Execution:
                 cancel_execution(child)
             except ExecutionStateError:
                 pass
+        for handler in _cancel_requested:
+            handler(execution)
     execution.refresh_from_db()
     return execution
 

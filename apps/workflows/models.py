@@ -37,6 +37,7 @@ class WorkflowExecution(TimestampedModel):
     vars = models.JSONField(default=dict, blank=True, help_text="Initial vars plus published values (redacted view).")
     output = models.JSONField(null=True, blank=True)
     errors = models.JSONField(default=list, blank=True)
+    start_tasks = models.JSONField(null=True, blank=True, help_text="Re-run from these tasks instead of the entry tasks.")
     pause_requested = models.BooleanField(default=False)
     failing = models.BooleanField(default=False, help_text="An unhandled failure: start nothing new.")
     advance_count = models.PositiveIntegerField(default=0)
@@ -59,6 +60,9 @@ class TaskExecution(TimestampedModel):
     input = models.JSONField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)
     published = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True, default="")
+    items = models.JSONField(null=True, blank=True, help_text="with_items: the rendered items (or batches), once.")
+    concurrency = models.PositiveIntegerField(null=True, blank=True)
     execution = models.ForeignKey(
         "executions.Execution", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="The child execution (single-action tasks).",
@@ -78,7 +82,30 @@ class TaskExecution(TimestampedModel):
 
     class Meta:
         ordering = ["workflow_execution", "id"]
-        indexes = [models.Index(fields=["workflow_execution", "task_name"]), models.Index(fields=["status", "run_after"])]
+        indexes = [
+            models.Index(fields=["workflow_execution", "task_name"]),
+            models.Index(fields=["workflow_execution", "status"]),
+            models.Index(fields=["status", "run_after"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task_name} ({self.status})"
+
+
+class WorkflowVariable(models.Model):
+    """One workflow variable (initial ``vars`` and published values): a publish writes only what it changes,
+    and a template reads only the names it uses, so a step's cost does not grow with the context."""
+
+    workflow_execution = models.ForeignKey(WorkflowExecution, on_delete=models.CASCADE, related_name="variables")
+    name = models.CharField(max_length=255)
+    value = models.JSONField(null=True)
+    secret = models.BooleanField(default=False, help_text="Derived from a secret: shown redacted.")
+    task_execution = models.ForeignKey(TaskExecution, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["workflow_execution", "name"]
+        constraints = [models.UniqueConstraint(fields=["workflow_execution", "name"], name="uniq_workflow_variable")]
+
+    def __str__(self) -> str:
+        return self.name

@@ -49,6 +49,6 @@ def register(kind: str, runner: Runner) -> None:
 
 
 def get(kind: str) -> Runner | None:
-    if not _registry:
-        from . import inprocess, process  # noqa: F401  (register the built-in runners)
+    from . import inprocess, process  # noqa: F401  (register the built-in runners; imported once)
+
     return _registry.get(kind)

@@ -19,6 +19,7 @@ the latest run of a task it names. Nothing grows with the number of tasks alread
 """
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -34,8 +35,9 @@ from apps.core.templating import TemplateError, render_condition, render_value
 from apps.executions import services as executions
 from apps.executions.models import Execution
 from apps.executions.parameters import ParameterError, full_parameters
+from apps.keys.crypto import get_ring
 
-from .context import StepContext
+from .context import SECRET_VAR, SECRET_VAR_AAD, StepContext
 from .models import TaskExecution, WorkflowDefinition, WorkflowExecution, WorkflowVariable
 
 log = logging.getLogger("attune.workflows")
@@ -343,15 +345,15 @@ def _start_task(wf, execution, step: StepContext, te: TaskExecution) -> None:
     except TemplateError as exc:
         _task_done(wf, execution, step, te, T.FAILED, None, error=f"input: {exc}")
         return
-    TaskExecution.objects.filter(pk=te.pk).update(input=rendered)
-    te.input = rendered
     try:
         child = _request_child(wf, execution, te, task, rendered, None, mask_values=step.mask_values)
     except (ParameterError, executions.ExecutionStateError, WorkflowError) as exc:
         message = _parameter_error_text(exc)
         _task_done(wf, execution, step, te, T.FAILED, {"error": message}, error=message)
         return
-    TaskExecution.objects.filter(pk=te.pk).update(execution=child)
+    # The input as the child stored it: secret parameters redacted, never in clear here.
+    TaskExecution.objects.filter(pk=te.pk).update(execution=child, input=child.parameters)
+    te.execution_id, te.input = child.pk, child.parameters
 
 
 def _action(ref: str):
@@ -364,11 +366,20 @@ def _action(ref: str):
 
 
 def _request_child(wf, execution, te, task, parameters, item_index, action=None, mask_values=None) -> Execution:
+    """Request the child. An input derived from a secret of the workflow is a secret of the child too:
+    stored redacted and encrypted, masked in its output."""
     action = action or _action(task["action"])
+    secret_names: set[str] = set()
+    if mask_values and isinstance(parameters, dict):
+        for name, value in parameters.items():
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            if any(m and m in text for m in mask_values):
+                secret_names.add(name)
     timeout = int(task["timeout"]) if task.get("timeout") else None
     return executions.create_execution(
         action, parameters, user=execution.started_by, parent=execution, task_name=te.task_name,
         task_execution_id=te.pk, item_index=item_index, timeout=timeout, mask_values=mask_values,
+        secret_names=secret_names,
     )
 
 
@@ -570,9 +581,14 @@ def _follow(wf, execution, step: StepContext, te: TaskExecution, task: dict[str,
 
 
 def _set_var(wf, step: StepContext, name: str, value: Any, te: TaskExecution | None) -> None:
+    """Store one variable. A value derived from a secret (a secret parameter or key) is stored encrypted."""
     secret = bool(step.kv is not None and step.kv.tracker.taints(value))
+    if not secret and step.mask_values:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        secret = any(m and m in text for m in step.mask_values)
+    stored = {SECRET_VAR: get_ring().encrypt(value, SECRET_VAR_AAD)[0]} if secret else value
     WorkflowVariable.objects.update_or_create(workflow_execution=wf, name=name,
-                                              defaults={"value": value, "secret": secret, "task_execution": te})
+                                              defaults={"value": stored, "secret": secret, "task_execution": te})
     step.vars.set(name, value)
 
 

@@ -18,6 +18,17 @@ from .models import TaskExecution, WorkflowVariable
 
 T = TaskStatus
 _MISSING = object()
+SECRET_VAR = "$encrypted"  # a variable derived from a secret is stored as {"$encrypted": token}
+SECRET_VAR_AAD = "attune:workflow-variable"
+
+
+def stored_value(value: Any) -> Any:
+    """The real value of a stored variable (decrypting a secret one)."""
+    if isinstance(value, dict) and len(value) == 1 and SECRET_VAR in value:
+        from apps.keys.crypto import get_ring
+
+        return get_ring().decrypt(value[SECRET_VAR], SECRET_VAR_AAD)
+    return value
 
 
 class VarsScope(Mapping):
@@ -36,7 +47,7 @@ class VarsScope(Mapping):
         else:
             row = WorkflowVariable.objects.filter(workflow_execution_id=self.wf_id, name=name).values_list(
                 "name", "value").first()
-            value = row[1] if row is not None else _MISSING
+            value = stored_value(row[1]) if row is not None else _MISSING
             self._cache[name] = value
         if value is _MISSING:
             raise KeyError(name)
@@ -49,7 +60,8 @@ class VarsScope(Mapping):
         if not self._complete:
             for name, value in WorkflowVariable.objects.filter(workflow_execution_id=self.wf_id).values_list(
                     "name", "value"):
-                self._cache.setdefault(name, value)
+                if name not in self._cache:
+                    self._cache[name] = stored_value(value)
             self._complete = True
 
     def __iter__(self) -> Iterator[str]:

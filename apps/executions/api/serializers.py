@@ -107,6 +107,8 @@ class ExecutionCreateSerializer(ExecuteSerializer):
 
 class RerunSerializer(serializers.Serializer):
     parameters = serializers.DictField(required=False, default=dict, help_text="Overrides of the original's.")
+    tasks = serializers.ListField(child=serializers.CharField(), required=False, default=list,
+                                  help_text="Workflows: re-run from these tasks (the tasks before keep their results).")
 
 
 class OutputSerializer(serializers.Serializer):

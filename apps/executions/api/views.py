@@ -7,6 +7,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action as route
+from rest_framework.exceptions import NotFound
+from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
 
 from apps.actions.models import Action
@@ -28,6 +30,21 @@ from .serializers import (
     RerunSerializer,
     WorkerSerializer,
 )
+
+
+class GraphvizRenderer(BaseRenderer):
+    """``?format=dot``: a workflow graph as Graphviz text (errors stay plain text too)."""
+
+    media_type = "text/vnd.graphviz"
+    format = "dot"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        from apps.workflows.inspect import to_dot
+
+        if isinstance(data, dict) and "nodes" in data and "edges" in data:
+            return to_dot(data).encode()
+        return str(data).encode()
 
 
 class CharInFilter(django_filters.BaseInFilter, django_filters.CharFilter):
@@ -61,7 +78,8 @@ class ExecutionViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
     filterset_class = ExecutionFilter
     ordering_fields = ["id", "created", "started_at", "finished_at", "status"]
     action_permissions = {"create": "execute", "cancel": "cancel", "rerun": "execute", "children": "view",
-                          "output": "view", "stats": "view", "trace": "view"}
+                          "output": "view", "stats": "view", "trace": "view", "pause": "cancel", "resume": "cancel",
+                          "graph": "view", "tasks": "view", "context": "view"}
 
     def get_queryset(self):
         return with_queue_position(super().get_queryset())
@@ -99,9 +117,18 @@ class ExecutionViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
 
         body = RerunSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        tasks = body.validated_data.get("tasks") or []
         try:
-            execution = services.rerun_execution(self.get_object(), user=request.user,
-                                                 parameters=body.validated_data["parameters"])
+            original = self.get_object()
+            if tasks:  # a workflow, again from the named task(s); the tasks before are not run again
+                from apps.workflows.conductor import rerun_from
+
+                if body.validated_data["parameters"]:
+                    raise serializers.ValidationError({"parameters": ["cannot be changed when re-running from a task"]})
+                execution = rerun_from(original, tasks, user=request.user)
+            else:
+                execution = services.rerun_execution(original, user=request.user,
+                                                     parameters=body.validated_data["parameters"])
         except ParameterError as exc:
             raise serializers.ValidationError({"parameters": exc.errors}) from None
         except services.ExecutionStateError as exc:
@@ -153,6 +180,66 @@ class ExecutionViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
         return Response({"stream": stream, "offset": offset, "next_offset": max(next_offset, offset),
                          "data": data.decode("utf-8", errors="replace"), "complete": complete,
                          "truncated": truncated, "status": execution.status})
+
+    def _workflow_operation(self, operation):
+        try:
+            execution = operation(self.get_object())
+        except services.ExecutionStateError as exc:
+            raise Conflict(str(exc)) from None
+        return Response(ExecutionSerializer(self.get_queryset().get(pk=execution.pk)).data)
+
+    @extend_schema(request=None, responses={200: ExecutionSerializer})
+    @route(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        """Workflows: no new task starts, running ones finish, then ``paused`` (nested workflows too)."""
+        from apps.workflows.conductor import pause
+
+        return self._workflow_operation(pause)
+
+    @extend_schema(request=None, responses={200: ExecutionSerializer})
+    @route(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        """Workflows: back to ``running``; what the pause held back starts."""
+        from apps.workflows.conductor import resume
+
+        return self._workflow_operation(resume)
+
+    def _workflow_state(self):
+        from apps.workflows.models import WorkflowExecution
+
+        execution = self.get_object()
+        wf = WorkflowExecution.objects.select_related("execution").filter(execution=execution).first()
+        if wf is None:
+            raise NotFound(f"execution {execution.pk} is not a workflow (or has not started yet)")
+        return wf
+
+    @extend_schema(parameters=[OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "dot"])],
+                   responses={200: OpenApiTypes.OBJECT})
+    @route(detail=True, methods=["get"], filter_backends=[],
+           renderer_classes=[JSONRenderer, BrowsableAPIRenderer, GraphvizRenderer])
+    def graph(self, request, pk=None):
+        """The workflow as a graph: nodes with status and timing, edges with their conditions.
+        ``?format=dot`` returns Graphviz text (``dot -Tsvg``)."""
+        from apps.workflows.inspect import graph
+
+        return Response(graph(self._workflow_state()))
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @route(detail=True, methods=["get"], filter_backends=[])
+    def tasks(self, request, pk=None):
+        """Every task run, in order: status, attempt, input (secrets redacted), result, published values,
+        join and with-items counters."""
+        from apps.workflows.inspect import task_runs
+
+        return Response({"results": task_runs(self._workflow_state())})
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @route(detail=True, methods=["get"], filter_backends=[])
+    def context(self, request, pk=None):
+        """The live context: parameters and variables (secret ones redacted), errors so far, output."""
+        from apps.workflows.inspect import live_context
+
+        return Response(live_context(self._workflow_state()))
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     @route(detail=True, methods=["get"])

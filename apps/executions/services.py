@@ -142,14 +142,47 @@ def schedule(execution: Execution) -> bool:
     won = transition(execution, to=S.SCHEDULED, from_=[S.REQUESTED, S.DELAYED],
                      scheduled_at=timezone.now(), waiting_reason="")
     if won:
-        execution_id, queue = execution.pk, execution.queue
-        transaction.on_commit(lambda: dispatch(execution_id, queue))
+        _dispatch_after_commit(execution.pk, execution.queue)
     return won
+
+
+def _dispatch_after_commit(execution_id: int, queue: str) -> None:
+    """Send the run message once the row is committed. Executions scheduled in one transaction (a
+    workflow's fan-out, with-items items) are published together, over one producer connection."""
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        dispatch(execution_id, queue)
+        return
+    outbox = getattr(connection, "_attune_outbox", None)
+    # The batch is live while its flush is still registered (a rolled-back savepoint discards it).
+    if outbox is None or not any(entry[1] is outbox[0] for entry in connection.run_on_commit):
+        batch: list[tuple[int, str]] = []
+
+        def flush() -> None:
+            if getattr(connection, "_attune_outbox", None) is outbox_ref[0]:
+                connection._attune_outbox = None
+            dispatch_many(batch)
+
+        outbox = (flush, batch)
+        outbox_ref = [outbox]
+        connection._attune_outbox = outbox
+        transaction.on_commit(flush)
+    outbox[1].append((execution_id, queue))
 
 
 def dispatch(execution_id: int, queue: str) -> None:
     # ignore_result: the outcome lives in the row; without it the Redis backend subscribes per message.
     celery_app.send_task(RUN_TASK, args=[execution_id], queue=queue or DEFAULT_QUEUE, ignore_result=True)
+
+
+def dispatch_many(batch: list[tuple[int, str]]) -> None:
+    if len(batch) == 1:
+        dispatch(*batch[0])
+        return
+    with celery_app.producer_or_acquire() as producer:
+        for execution_id, queue in batch:
+            celery_app.send_task(RUN_TASK, args=[execution_id], queue=queue or DEFAULT_QUEUE, ignore_result=True,
+                                 producer=producer)
 
 
 def finish(execution: Execution, status: str, result: Any, **fields) -> bool:

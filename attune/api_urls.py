@@ -19,6 +19,7 @@ from apps.packs.api.views import PackViewSet, RuntimeViewSet
 from apps.rules.api.views import EnforcementViewSet, RuleViewSet
 from apps.triggers import webhooks
 from apps.triggers.api.views import EventViewSet, SensorViewSet, TriggerViewSet
+from apps.workflows.api.validate import WorkflowValidateView
 
 
 class Router(DefaultRouter):
@@ -57,5 +58,6 @@ urlpatterns = [
     re_path(r"^auth/register/?$", accounts.RegisterView.as_view(), name="auth-register"),
     re_path(r"^auth/me/?$", accounts.MeView.as_view(), name="auth-me"),
     re_path(r"^auth/change-password/?$", accounts.ChangePasswordView.as_view(), name="auth-change-password"),
+    re_path(r"^workflows/validate/?$", WorkflowValidateView.as_view(), name="workflow-validate"),
     *router.urls,
 ]

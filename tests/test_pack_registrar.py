@@ -41,7 +41,7 @@ def ops_pack(tmp_path):
         runner_type: workflow
         entry_point: workflows/deploy.yaml
     """)
-    write(root, "actions/workflows/deploy.yaml", "version: 1.0\ntasks:\n  - name: a\n    action: ops.restart\n")
+    write(root, "actions/workflows/deploy.yaml", "version: 1.0\ntasks:\n  - name: a\n    action: ops.restart\n    input: {unit: web}\n")
     write(root, "triggers/alert.yaml", "name: alert\npayload_schema: {type: object}\n")
     write(root, "rules/on_alert.yaml", """
         name: on_alert
@@ -72,7 +72,7 @@ def test_registers_components_in_dependency_order(ops_pack):
     rule = Rule.objects.get(ref="ops.on_alert")
     assert rule.trigger.ref == "ops.alert" and rule.action.ref == "ops.restart"
     assert rule.file_path == "rules/on_alert.yaml"
-    assert WorkflowDefinition.objects.get(action__ref="ops.deploy").definition["tasks"][0]["name"] == "a"
+    assert WorkflowDefinition.objects.get(action__ref="ops.deploy").definition["tasks"]["a"]["name"] == "a"
 
 
 def test_every_error_is_reported_with_its_file_and_nothing_is_written(ops_pack):
@@ -94,7 +94,8 @@ def test_reregistering_updates_and_prunes_but_keeps_api_rows(ops_pack):
     pack = Pack.objects.get(ref="ops")
     api_action = Action.objects.create(pack=pack, name="from_api", runner_type_id="noop", source="api")
     (ops_pack / "policies" / "one_at_a_time.yaml").unlink()
-    write(ops_pack, "actions/restart.yaml", "name: restart\nrunner_type: shell\nentry_point: restart.sh\ntimeout: 5\n")
+    write(ops_pack, "actions/restart.yaml", "name: restart\nrunner_type: shell\nentry_point: restart.sh\ntimeout: 5\n"
+          "parameters:\n  unit: {type: string, required: true}\n")
     result = register_pack(ops_pack)
     assert result.removed == {"policies": 1}
     assert Action.objects.get(ref="ops.restart").timeout == 5
@@ -103,7 +104,8 @@ def test_reregistering_updates_and_prunes_but_keeps_api_rows(ops_pack):
 
 def test_failed_reregistration_leaves_the_previous_version_intact(ops_pack):
     register_pack(ops_pack)
-    write(ops_pack, "actions/restart.yaml", "name: restart\nrunner_type: shell\nentry_point: restart.sh\ntimeout: 5\n")
+    write(ops_pack, "actions/restart.yaml", "name: restart\nrunner_type: shell\nentry_point: restart.sh\ntimeout: 5\n"
+          "parameters:\n  unit: {type: string, required: true}\n")
     write(ops_pack, "actions/other.yaml", "name: Other Name\nrunner_type: shell\nentry_point: x.sh\n")
     with pytest.raises(PackError, match="actions/other.yaml: name"):
         register_pack(ops_pack)

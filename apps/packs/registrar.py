@@ -232,10 +232,20 @@ def _prune(pack, kind, model, seen: set[int], errors: list[str], result) -> None
 
 
 def _register_workflows(pack, root: Path, workflow_files: list[Path], errors: list[str], action_ids=None) -> None:
+    """Validate each workflow action's definition (every error named with its file and field) and store it
+    normalised. Task actions resolve against the database, where this pack's actions were just written."""
     from django.db.models import Q
 
     from apps.actions.models import Action
+    from apps.workflows.language import normalize, validate
     from apps.workflows.models import WorkflowDefinition
+
+    def lookup(ref: str):
+        action = Action.objects.filter(ref=ref).first()
+        if (action is not None and action_ids is not None and action.pack_id == pack.pk
+                and action.source == Source.PACK and action.pk not in action_ids):
+            return None  # its file is gone: it is about to be pruned
+        return action
 
     by_entry = {str(f.relative_to(root / "actions")): f for f in workflow_files}
     actions = Action.objects.filter(pack=pack, runner_type__kind="workflow")
@@ -249,10 +259,16 @@ def _register_workflows(pack, root: Path, workflow_files: list[Path], errors: li
         body = _load_yaml(file, errors, root)
         if body is None:
             continue
+        problems = validate(body, action_lookup=lookup, parameters=action.parameters or {})
+        if problems:
+            rel = file.relative_to(root)
+            errors.extend(f"{rel}: {problem['field']}: {problem['message']}" for problem in problems)
+            continue
         text = file.read_text()
         WorkflowDefinition.objects.update_or_create(
             action=action,
-            defaults={"source": text, "definition": body, "checksum": hashlib.sha256(text.encode()).hexdigest()},
+            defaults={"source": text, "definition": normalize(body), "checksum": hashlib.sha256(text.encode()).hexdigest(),
+                      "valid": True, "errors": []},
         )
 
 

@@ -27,8 +27,10 @@ from apps.core.refs import COMPONENT_REF_RE
 ENGINE_COMMANDS = frozenset({"fail", "noop"})
 FUNCTIONS = frozenset({"succeeded", "failed", "timed_out", "completed", "result", "task_status"})
 SCOPES = frozenset({"parameters", "vars", "tasks", "item", "items", "index", "batch_index", "kv", "pack", "system"})
-ITEM_SCOPES = frozenset({"item", "items", "index", "batch_index"})
+ITEM_SCOPES = frozenset({"item", "index"})  # in the input of a with_items task
+BATCH_SCOPES = frozenset({"items", "batch_index"})  # ... of a with_items task with batch_size
 BACKOFFS = ("constant", "linear", "exponential")
+MAPPING_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 TOP_LEVEL_KEYS = ("version", "description", "input", "vars", "tasks", "output")
 TASK_KEYS = ("name", "action", "input", "when", "join", "with_items", "concurrency", "batch_size", "retry", "timeout",
@@ -160,11 +162,7 @@ def _number(value: Any) -> float | None:
 
 
 def _join(value: Any) -> str | int | None:
-    if value == "all":
-        return "all"
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return _int(value)
+    return "all" if value == "all" else _int(value)
 
 
 def _retry(value: Any) -> dict[str, Any] | None:
@@ -294,9 +292,9 @@ class _Validator:
                 self.error(None, field, f"{name!r} is not a valid input name")
             elif self.parameters is not None and name not in self.parameters:
                 self.error(None, field, f"{name!r} is not a parameter of the workflow action (its parameters are the "
-                                        f"workflow's inputs; declared: {_names(self.parameters)})")
+                                        f"workflow's inputs; declared: {_names(self.parameters) or 'none'})")
 
-    def _check_mapping(self, task: str | None, field: str, value: Any, *, name_re=None, item_scope=False) -> None:
+    def _check_mapping(self, task: str | None, field: str, value: Any, *, name_re=None) -> None:
         """vars, output and publish: a mapping (or a list of single-key mappings) of name to value-or-template."""
         if isinstance(value, dict):
             entries = [(f"{field}.{key}", key, item) for key, item in value.items()]
@@ -314,7 +312,7 @@ class _Validator:
         for path, key, item in entries:
             if not isinstance(key, str) or (name_re is not None and not name_re.match(key)):
                 self.error(task, path, f"{key!r} is not a valid name (letters, digits and '_', not starting with a digit)")
-            self._check_templates(task, path, item, item_scope=item_scope)
+            self._check_templates(task, path, item)
 
     # -- one task ------------------------------------------------------------------------------------------------
 
@@ -350,64 +348,65 @@ class _Validator:
             if key not in TASK_KEYS:
                 self.error(task, f"{field}.{key}", _unknown_key(key, TASK_KEYS))
 
-        with_items = raw.get("with_items")
-        item_scope = with_items is not None
         self._check_action(task, field, raw)
-        if "when" in raw:
-            self._check_condition(task, f"{field}.when", raw["when"], item_scope=item_scope)
+        if raw.get("when") is not None:
+            self._check_condition(task, f"{field}.when", raw["when"])
         self._check_join(task, field, raw)
         self._check_items(task, field, raw)
-        self._check_retry(task, field, raw.get("retry"), item_scope)
-        if "timeout" in raw and not _positive_int(raw["timeout"]):
+        self._check_retry(task, field, raw.get("retry"))
+        if raw.get("timeout") is not None and not _positive_int(raw["timeout"]):
             self.error(task, f"{field}.timeout", f"must be a positive number of seconds, got {raw['timeout']!r}")
 
         explicit = raw.get("next")
         if explicit is not None and not isinstance(explicit, list):
             self.error(task, f"{field}.next", f"must be a list of transitions, got {_type(explicit)}")
         for index, transition in enumerate(explicit if isinstance(explicit, list) else []):
-            self._check_transition(task, f"{field}.next[{index}]", transition, item_scope)
+            self._check_transition(task, f"{field}.next[{index}]", transition)
         if raw.get("publish") is not None:
-            self._check_mapping(task, f"{field}.publish", raw["publish"], name_re=VAR_NAME_RE, item_scope=item_scope)
+            self._check_mapping(task, f"{field}.publish", raw["publish"], name_re=VAR_NAME_RE)
         for key, _when in SHORTHANDS:
             if raw.get(key) is not None:
                 self._check_do(task, f"{field}.{key}", raw[key])
 
     def _check_action(self, task: str | None, field: str, raw: dict[str, Any]) -> None:
         task_input = raw.get("input")
-        item_scope = raw.get("with_items") is not None
-        if task_input is not None:
-            if isinstance(task_input, dict):
-                for key, value in task_input.items():
-                    self._check_templates(task, f"{field}.input.{key}", value, item_scope=item_scope)
-            else:
-                self.error(task, f"{field}.input", f"must be a mapping of parameter name to value, got {_type(task_input)}")
-        ref = raw.get("action")
-        if ref is None:
-            self.error(task, f"{field}.action", "required: the ref of the action this task runs (pack.action)")
-            return
-        if not isinstance(ref, str) or not COMPONENT_REF_RE.match(ref):
-            self.error(task, f"{field}.action", f"{ref!r} is not a valid action ref (expected '<pack>.<name>', lowercase)")
-            return
-        if self.action_lookup is None:
-            return
-        if ref not in self._actions:
-            self._actions[ref] = self.action_lookup(ref)
-        action = self._actions[ref]
-        if action is None:
-            self.error(task, f"{field}.action", f"no action {ref!r}")
-            return
+        action = self._resolve_action(task, field, raw.get("action"))
+        if task_input is None:
+            task_input = {}
+        elif not isinstance(task_input, dict):
+            self.error(task, f"{field}.input", f"must be a mapping of parameter name to value, got {_type(task_input)}")
+            task_input = {}
+        # Only a with_items task's input sees its item: `item`/`index`, or `items`/`batch_index` in batches.
+        items = frozenset() if raw.get("with_items") is None else BATCH_SCOPES if raw.get("batch_size") else ITEM_SCOPES
+        for key, value in task_input.items():
+            self._check_templates(task, f"{field}.input.{key}", value, items=items)
         declared = getattr(action, "parameters", None) or {}
-        if not isinstance(declared, dict):
+        if action is None or not isinstance(declared, dict):
             return
-        supplied = task_input if isinstance(task_input, dict) else {}
         for param, spec in declared.items():
             spec = spec if isinstance(spec, dict) else {}
-            if spec.get("required") is True and "default" not in spec and param not in supplied:
-                self.error(task, f"{field}.input", f"missing required input {param!r} of {ref}")
-        for key in supplied:
+            if spec.get("required") is True and "default" not in spec and param not in task_input:
+                self.error(task, f"{field}.input", f"missing required input {param!r} of {action.ref}")
+        for key in task_input:
             if key not in declared:
                 known = f"declared: {_names(declared)}" if declared else "it takes no parameters"
-                self.error(task, f"{field}.input.{key}", f"{key!r} is not a parameter of {ref} ({known})")
+                self.error(task, f"{field}.input.{key}", f"{key!r} is not a parameter of {action.ref} ({known})")
+
+    def _resolve_action(self, task: str | None, field: str, ref: Any):
+        """The Action a task runs (None when it is missing, malformed, unknown or not looked up)."""
+        if ref is None:
+            self.error(task, f"{field}.action", "required: the ref of the action this task runs (pack.action)")
+            return None
+        if not isinstance(ref, str) or not COMPONENT_REF_RE.match(ref):
+            self.error(task, f"{field}.action", f"{ref!r} is not a valid action ref (expected '<pack>.<name>', lowercase)")
+            return None
+        if self.action_lookup is None:
+            return None
+        if ref not in self._actions:
+            self._actions[ref] = self.action_lookup(ref)
+        if self._actions[ref] is None:
+            self.error(task, f"{field}.action", f"no action {ref!r}")
+        return self._actions[ref]
 
     def _check_join(self, task: str | None, field: str, raw: dict[str, Any]) -> None:
         if "join" not in raw or raw["join"] is None:
@@ -437,7 +436,7 @@ class _Validator:
             elif with_items is None:
                 self.error(task, f"{field}.{key}", f"{key} requires with_items")
 
-    def _check_retry(self, task: str | None, field: str, retry: Any, item_scope: bool) -> None:
+    def _check_retry(self, task: str | None, field: str, retry: Any) -> None:
         if retry is None:
             return
         field = f"{field}.retry"
@@ -466,9 +465,9 @@ class _Validator:
         if retry.get("backoff") is not None and retry["backoff"] not in BACKOFFS:
             self.error(task, f"{field}.backoff", f"must be one of {', '.join(BACKOFFS)}, got {retry['backoff']!r}")
         if retry.get("when") is not None:
-            self._check_condition(task, f"{field}.when", retry["when"], item_scope=item_scope)
+            self._check_condition(task, f"{field}.when", retry["when"])
 
-    def _check_transition(self, task: str | None, field: str, transition: Any, item_scope: bool) -> None:
+    def _check_transition(self, task: str | None, field: str, transition: Any) -> None:
         if not isinstance(transition, dict):
             self.error(task, field, f"a transition must be a mapping {{when, publish, do}}, got {_type(transition)}")
             return
@@ -476,10 +475,9 @@ class _Validator:
             if key not in TRANSITION_KEYS:
                 self.error(task, f"{field}.{key}", _unknown_key(key, TRANSITION_KEYS))
         if transition.get("when") is not None:
-            self._check_condition(task, f"{field}.when", transition["when"], item_scope=item_scope)
+            self._check_condition(task, f"{field}.when", transition["when"])
         if transition.get("publish") is not None:
-            self._check_mapping(task, f"{field}.publish", transition["publish"], name_re=VAR_NAME_RE,
-                                item_scope=item_scope)
+            self._check_mapping(task, f"{field}.publish", transition["publish"], name_re=VAR_NAME_RE)
         if transition.get("do") is not None:
             self._check_do(task, f"{field}.do", transition["do"])
 
@@ -543,7 +541,7 @@ class _Validator:
 
     # -- templates -----------------------------------------------------------------------------------------------
 
-    def _check_condition(self, task: str | None, field: str, value: Any, *, item_scope: bool = False) -> None:
+    def _check_condition(self, task: str | None, field: str, value: Any) -> None:
         """A ``when``: ``{{ expression }}`` or a bare expression, evaluated like templating.render_condition."""
         if isinstance(value, bool):
             return
@@ -555,20 +553,20 @@ class _Validator:
         if not expression:
             self.error(task, field, "empty expression")
             return
-        self._check_expression(task, field, value, expression, item_scope)
+        self._check_expression(task, field, value, expression, frozenset())
 
-    def _check_templates(self, task: str | None, field: str, value: Any, *, item_scope: bool = False) -> None:
+    def _check_templates(self, task: str | None, field: str, value: Any, *, items: frozenset[str] = frozenset()) -> None:
         """Every template string anywhere inside ``value`` (a JSON value), compiled as the runtime will."""
         if isinstance(value, dict):
             for key, item in value.items():
-                self._check_templates(task, f"{field}.{key}", item, item_scope=item_scope)
+                self._check_templates(task, f"{field}.{key}", item, items=items)
         elif isinstance(value, list):
             for index, item in enumerate(value):
-                self._check_templates(task, f"{field}[{index}]", item, item_scope=item_scope)
+                self._check_templates(task, f"{field}[{index}]", item, items=items)
         elif templating.is_template(value):
             whole = templating.WHOLE_TEMPLATE_RE.match(value)
             if whole and "{{" not in whole.group("expr") and "}}" not in whole.group("expr"):
-                self._check_expression(task, field, value, whole.group("expr").strip(), item_scope)
+                self._check_expression(task, field, value, whole.group("expr").strip(), items)
                 return
             problem = templating.syntax_errors(value)
             if problem:
@@ -579,9 +577,9 @@ class _Validator:
             except TemplateSyntaxError as exc:  # pragma: no cover - syntax_errors compiled it already
                 self.error(task, field, f"template syntax error in {value!r}: {exc.message}")
                 return
-            self._check_references(task, field, value, tree, item_scope)
+            self._check_references(task, field, value, tree, items)
 
-    def _check_expression(self, task: str | None, field: str, source: str, expression: str, item_scope: bool) -> None:
+    def _check_expression(self, task: str | None, field: str, source: str, expression: str, items: frozenset[str]) -> None:
         env = templating.environment()
         try:
             env.compile_expression(expression)
@@ -591,13 +589,15 @@ class _Validator:
             return
         tree = nodes.Template([nodes.Output([parsed], lineno=1)], lineno=1)
         tree.set_environment(env)
-        self._check_references(task, field, source, tree, item_scope)
+        self._check_references(task, field, source, tree, items)
 
-    def _check_references(self, task: str | None, field: str, source: str, tree: nodes.Template, item_scope: bool) -> None:
+    def _check_references(self, task: str | None, field: str, source: str, tree: nodes.Template,
+                          items: frozenset[str]) -> None:
         known = SCOPES | FUNCTIONS | set(templating.environment().globals)
         for name in sorted(meta.find_undeclared_variables(tree)):
-            if name in ITEM_SCOPES and not item_scope:
-                self.error(task, field, f"{name!r} is only defined in a task's with_items run ({source!r})")
+            if name in ITEM_SCOPES | BATCH_SCOPES and name not in items:
+                self.error(task, field, f"{name!r} is not defined here: item and index exist only in the input of a "
+                                        f"with_items task, items and batch_index when it has batch_size ({source!r})")
             elif name not in known:
                 self.error(task, field, f"unknown name {name!r} in {source!r}{_suggest(name, known)} "
                                         f"(scopes: {', '.join(sorted(SCOPES))})")
@@ -628,7 +628,8 @@ def _scope_references(tree: nodes.Node) -> Iterator[tuple[str, str]]:
         if not isinstance(target, nodes.Name) or target.name not in ("tasks", "vars", "parameters"):
             continue
         if isinstance(node, nodes.Getattr):
-            yield target.name, node.attr
+            if node.attr not in MAPPING_METHODS:  # vars.get('x', 0) is a method call, not a reference
+                yield target.name, node.attr
         elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
             yield target.name, node.arg.value
 
@@ -654,4 +655,4 @@ def _suggest(word: Any, candidates) -> str:
 
 
 def _unknown_key(key: Any, known: tuple[str, ...]) -> str:
-    return f"unknown key {key!r}{_suggest(key, known)}; known keys: {', '.join(known)}"
+    return f"unknown key {key!r}" + (_suggest(key, known) or f" (known keys: {', '.join(known)})")

@@ -61,7 +61,7 @@ OPS_FILES = {
     """,
     "actions/restart.sh": "#!/bin/sh\necho restarted\n",
     "actions/deploy.yaml": "name: deploy\nrunner_type: workflow\nentry_point: workflows/deploy.yaml\n",
-    "actions/workflows/deploy.yaml": "version: 1.0\ntasks:\n  - name: a\n    action: ops.restart\n",
+    "actions/workflows/deploy.yaml": "version: 1.0\ntasks:\n  - name: a\n    action: ops.restart\n    input: {unit: web}\n",
     "triggers/alert.yaml": "name: alert\npayload_schema: {type: object}\n",
     "sensors/watcher.yaml": "name: watcher\nrunner_type: python\nentry_point: watcher.py\ntrigger_types: [ops.alert]\n",
     "sensors/watcher.py": "print('watching')\n",
@@ -172,12 +172,13 @@ def test_reregister_cannot_prune_an_action_an_api_rule_uses(admin_api, ops_dir):
     assert admin_api.post(f"{API}/packs/register", {"path": str(ops_dir)}).status_code == 201
     Rule.objects.create(pack=Pack.objects.get(ref="ops"), name="manual", trigger=Rule.objects.get().trigger,
                         action=Action.objects.get(ref="ops.restart"), source="api")
-    for rel in ("rules/on_alert.yaml", "policies/one_at_a_time.yaml", "actions/restart.yaml"):
+    for rel in ("rules/on_alert.yaml", "policies/one_at_a_time.yaml", "actions/restart.yaml",
+                "actions/deploy.yaml", "actions/workflows/deploy.yaml"):  # (the workflow used ops.restart)
         (ops_dir / rel).unlink()
     response = admin_api.post(f"{API}/packs/register", {"path": str(ops_dir)})
     assert response.status_code == 400
     assert response.json()["errors"] == [
-        "actions: cannot remove ops.restart (file gone): still referenced by ops.manual"
+        "actions: cannot remove ops.deploy, ops.restart (file gone): still referenced by ops.manual"
     ]
     assert Rule.objects.filter(ref="ops.on_alert").exists()  # all or nothing
 
@@ -636,7 +637,7 @@ def test_component_lists_of_a_registered_pack(viewer_api, ops):
     assert sensor["trigger_types"] == ["ops.alert"]
     workflow = viewer_api.get(f"{API}/packs/ops/workflows").json()["results"][0]
     assert workflow["valid"] is True and workflow["errors"] == []
-    assert workflow["definition"]["tasks"][0]["name"] == "a"
+    assert workflow["definition"]["tasks"]["a"]["name"] == "a"
     assert workflow["entry_point"] == "workflows/deploy.yaml"
 
 

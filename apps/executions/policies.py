@@ -212,7 +212,11 @@ def admit(execution: Execution) -> bool:
     schedule: the lock is held until that transaction commits. Called outside one, it schedules the execution
     itself before its own transaction (and the lock) ends.
     """
-    if execution.action_id is None or not gating_policies(execution.action_id, lock=False):
+    # Most actions have no policy: the cached id set (fresh in this process at once after a policy is
+    # saved, in others within a second) spares a query per execution.
+    if execution.action_id is None or execution.action_id not in actions_with_policies():
+        return False
+    if not gating_policies(execution.action_id, lock=False):
         return False
     outer = transaction.get_connection().in_atomic_block
     with transaction.atomic():

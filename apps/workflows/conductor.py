@@ -63,7 +63,7 @@ def start(execution_id: int) -> str:
     """Create the workflow state and start its first tasks. Idempotent (a redelivered message does nothing).
     Returns the status the workflow execution should report to the executor."""
     with transaction.atomic():
-        execution = Execution.objects.select_for_update().select_related("action", "started_by").get(pk=execution_id)
+        execution = _locked_execution(execution_id)
         wf = WorkflowExecution.objects.filter(execution=execution).first()
         if wf is None:
             definition = _definition_of(execution)
@@ -99,6 +99,15 @@ def child_finished(child: Execution) -> None:
     """A task's child execution ended: count it (exactly once) and advance the workflow."""
     if child.task_execution_id is None:
         return
+    if child.item_index is not None:  # a with-items item: the hot path (items.py)
+        from . import items
+
+        try:
+            if items.item_finished(child):
+                finalize_items(child.task_execution_id)
+            return
+        except LookupError:
+            pass  # not (or no longer) a running with-items task: recorded by the general path below
     with transaction.atomic():
         locked = _lock(child.task_execution_id)
         if locked is None:
@@ -106,6 +115,22 @@ def child_finished(child: Execution) -> None:
         execution, wf, te = locked
         if not Execution.objects.filter(pk=child.pk, task_reported=False).update(task_reported=True):
             return  # already counted (a duplicate handler call, or the sweep got there first)
+        if execution.is_terminal:
+            # The workflow already ended (a paused or pending workflow is canceled at once): record how the
+            # task ended, follow none of its transitions.
+            if te.status not in IN_FLIGHT_TASK:
+                return
+            if te.items_total is None:
+                if te.execution_id in (None, child.pk):
+                    status = CHILD_TO_TASK.get(child.status, T.FAILED)
+                    _end_task(te, status, child.result,
+                              error="" if status == T.SUCCEEDED else f"{child.action_ref} {child.status}")
+                return
+            TaskExecution.objects.filter(pk=te.pk).update(items_done=F("items_done") + 1)
+            te.items_done += 1
+            if te.items_done >= te.items_started:
+                _end_task(te, T.CANCELED, _item_results(te), error="canceled")
+            return
         if te.status not in IN_FLIGHT_TASK:
             _maybe_finish(wf, execution, None)  # the task ended otherwise (timeout, cancel): maybe the workflow too
             return
@@ -164,7 +189,7 @@ def resume(execution: Execution) -> Execution:
     if execution.runner_type != "workflow":
         raise executions.ExecutionStateError(f"execution {execution.pk} is not a workflow: only workflows resume")
     with transaction.atomic():
-        execution = Execution.objects.select_for_update().select_related("action", "started_by").get(pk=execution.pk)
+        execution = _locked_execution(execution.pk)
         if not transition(execution, to=S.RUNNING, from_=[S.PAUSING, S.PAUSED]):
             raise executions.ExecutionStateError(f"execution {execution.pk} is {execution.status}: cannot resume")
         for child in Execution.objects.filter(parent=execution, runner_type="workflow",
@@ -188,8 +213,14 @@ def after_cancel(execution: Execution) -> None:
         wf = WorkflowExecution.objects.filter(execution_id=execution.pk).first()
         if wf is None:
             return
-        execution = Execution.objects.select_for_update().select_related("action", "started_by").get(pk=execution.pk)
+        execution = _locked_execution(execution.pk)
         now = timezone.now()
+        if execution.status == S.CANCELED and not (isinstance(execution.result, dict) and "errors" in execution.result):
+            # Canceled at once (it was paused, or pending on an inquiry): still a workflow's result.
+            wf.refresh_from_db(fields=["errors"])
+            output, errors, _ = _final_output(wf, execution, None)
+            WorkflowExecution.objects.filter(pk=wf.pk).update(output=output, errors=errors, updated=now)
+            Execution.objects.filter(pk=execution.pk).update(result={"output": output, "errors": errors})
         TaskExecution.objects.filter(workflow_execution=wf, status__in=[T.READY, T.WAITING]).update(
             status=T.CANCELED, finished_at=now, updated=now)
         # with-items tasks whose remaining items will now never start
@@ -237,6 +268,14 @@ def rerun_from(original: Execution, task_names: list[str], *, user=None) -> Exec
 
 # --- internals: tasks -----------------------------------------------------------------------------------
 
+def _locked_execution(execution_id: int) -> Execution:
+    """The workflow's execution row, locked FOR NO KEY UPDATE: children inserted meanwhile (their ``parent``
+    foreign key takes a key-share lock) do not wait on it. ``of=self``: PostgreSQL cannot lock the nullable
+    side of the outer joins to the action and the user."""
+    return (Execution.objects.select_for_update(no_key=True, of=("self",)).select_related("action", "started_by")
+            .get(pk=execution_id))
+
+
 def _lock(te_id: int, statuses=None):
     """Lock in one order everywhere — the workflow's execution, then the task — so two steps of one
     workflow never deadlock. Returns (execution, workflow execution, task) or None."""
@@ -244,7 +283,8 @@ def _lock(te_id: int, statuses=None):
     if wf_id is None:
         return None
     wf = WorkflowExecution.objects.get(pk=wf_id)
-    execution = Execution.objects.select_for_update().select_related("action", "started_by").get(pk=wf.execution_id)
+    # NO KEY UPDATE: children inserted meanwhile (their `parent` key-share lock) do not wait on it.
+    execution = _locked_execution(wf.execution_id)
     queryset = TaskExecution.objects.select_for_update().defer("items", "result").filter(pk=te_id)
     if statuses is not None:
         queryset = queryset.filter(status__in=statuses)
@@ -296,17 +336,23 @@ def _arrive(wf, execution, step: StepContext, name: str, source: TaskExecution |
     join = task.get("join")
     now = timezone.now()
     if join is not None:
-        te = (TaskExecution.objects.select_for_update().filter(workflow_execution=wf, task_name=name,
-                                                               status=T.WAITING).order_by("id").first())
+        # The open round of the join: its first run that has not yet heard from every inbound branch. With
+        # `join: N`, the arrivals after the N-th belong to the round that already started and start nothing;
+        # an arrival after all branches arrived opens a new round (a loop leading back into the join).
+        total = max(_inbound(wf.definition, name), 1)
+        te = (TaskExecution.objects.select_for_update().filter(
+            workflow_execution=wf, task_name=name, join_required__isnull=False, join_arrivals__lt=total,
+        ).order_by("id").first())
         if te is None:
-            required = _inbound(wf.definition, name) if join == "all" else int(join)
+            required = total if join == "all" else min(max(int(join), 1), total)
             te = TaskExecution.objects.create(workflow_execution=wf, task_name=name, status=T.WAITING,
-                                              join_required=max(required, 1), join_arrivals=0)
+                                              join_required=required, join_arrivals=0)
         TaskExecution.objects.filter(pk=te.pk).update(join_arrivals=F("join_arrivals") + 1, updated=now)
         te.join_arrivals += 1
-        if te.join_arrivals < te.join_required:
+        if te.join_arrivals != te.join_required:
             return
-        TaskExecution.objects.filter(pk=te.pk, status=T.WAITING).update(status=T.READY, updated=now)
+        if not TaskExecution.objects.filter(pk=te.pk, status=T.WAITING).update(status=T.READY, updated=now):
+            return  # canceled meanwhile
         te.status = T.READY
     else:
         te = TaskExecution.objects.create(workflow_execution=wf, task_name=name, status=T.READY)
@@ -341,9 +387,9 @@ def _start_task(wf, execution, step: StepContext, te: TaskExecution) -> None:
         _start_items(wf, execution, step, te, task, ctx)
         return
     try:
-        rendered = render_value(task.get("input") or {}, ctx)
+        rendered = _render_input(task.get("input") or {}, ctx)
     except TemplateError as exc:
-        _task_done(wf, execution, step, te, T.FAILED, None, error=f"input: {exc}")
+        _task_done(wf, execution, step, te, T.FAILED, None, error=str(exc))
         return
     try:
         child = _request_child(wf, execution, te, task, rendered, None, mask_values=step.mask_values)
@@ -354,6 +400,19 @@ def _start_task(wf, execution, step: StepContext, te: TaskExecution) -> None:
     # The input as the child stored it: secret parameters redacted, never in clear here.
     TaskExecution.objects.filter(pk=te.pk).update(execution=child, input=child.parameters)
     te.execution_id, te.input = child.pk, child.parameters
+
+
+def _render_input(template: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
+    """A task's input rendered key by key, so a template error names its field (``input.message: ...``)."""
+    if not isinstance(template, dict):
+        return render_value(template, ctx)
+    rendered = {}
+    for key, value in template.items():
+        try:
+            rendered[key] = render_value(value, ctx)
+        except TemplateError as exc:
+            raise TemplateError(f"input.{key}: {exc}") from None
+    return rendered
 
 
 def _action(ref: str):
@@ -391,6 +450,11 @@ def _parameter_error_text(exc: Exception) -> str:
 
 def _start_items(wf, execution, step, te, task, ctx) -> None:
     try:
+        _action(task["action"])
+    except WorkflowError as exc:
+        _task_done(wf, execution, step, te, T.FAILED, {"error": str(exc)}, error=str(exc))
+        return
+    try:
         items = render_value(task["with_items"], ctx)
     except TemplateError as exc:
         _task_done(wf, execution, step, te, T.FAILED, None, error=f"with_items: {exc}")
@@ -416,7 +480,14 @@ def _start_items(wf, execution, step, te, task, ctx) -> None:
 
 def _launch_items(wf, execution, step, te, task, ctx, items: list[tuple[int, Any]]) -> None:
     """Request one child per (index, item). The counter moves in the same transaction as the children."""
-    action = _action(task["action"])
+    try:
+        action = _action(task["action"])
+    except WorkflowError as exc:  # deleted since the task started: each item fails on its own
+        for index, _item in items:
+            _failed_item(wf, execution, te, None, index, str(exc), ref=task["action"])
+        TaskExecution.objects.filter(pk=te.pk).update(items_started=F("items_started") + len(items))
+        te.items_started += len(items)
+        return
     batched = bool(task.get("batch_size"))
     template = task.get("input") or {}
     started = 0
@@ -425,20 +496,24 @@ def _launch_items(wf, execution, step, te, task, ctx, items: list[tuple[int, Any
         item_ctx = dict(ctx)
         item_ctx.update(extra)
         try:
-            parameters = render_value(template, item_ctx)
+            parameters = _render_input(template, item_ctx)
             _request_child(wf, execution, te, task, parameters, index, action=action, mask_values=step.mask_values)
-        except (TemplateError, ParameterError, executions.ExecutionStateError) as exc:
+        except TemplateError as exc:
             # The item fails on its own; it is recorded as a failed child so item order stays intact.
+            _failed_item(wf, execution, te, action, index, str(exc))
+        except (ParameterError, executions.ExecutionStateError) as exc:
             _failed_item(wf, execution, te, action, index, f"input: {_parameter_error_text(exc)}")
         started += 1
     TaskExecution.objects.filter(pk=te.pk).update(items_started=F("items_started") + started)
     te.items_started += started
 
 
-def _failed_item(wf, execution, te, action, index: int, message: str) -> None:
+def _failed_item(wf, execution, te, action, index: int, message: str, ref: str = "") -> None:
     now = timezone.now()
+    ref = action.ref if action is not None else ref
     child = Execution.objects.create(
-        action=action, action_ref=action.ref, pack_ref=action.pack.ref, runner_type=action.runner_type.name,
+        action=action, action_ref=ref, pack_ref=action.pack.ref if action is not None else ref.partition(".")[0],
+        runner_type=action.runner_type.name if action is not None else "",
         status=S.FAILED, result={"error": message}, parent=execution, started_by=execution.started_by,
         task_name=te.task_name, task_execution_id=te.pk, item_index=index, finished_at=now,
     )
@@ -658,23 +733,71 @@ def _maybe_finish(wf: WorkflowExecution, execution: Execution, step: StepContext
         status = S.FAILED
     else:
         status = S.SUCCEEDED
-    errors = list(wf.errors or [])
-    output = None
-    spec_output = wf.definition.get("output")
-    if spec_output:
-        step = step or _step(wf, execution)
-        try:
-            output = render_value(spec_output, step.for_task(None))
-        except TemplateError as exc:
-            errors.append({"task": None, "message": f"output: {exc}"})
-            if status == S.SUCCEEDED:
-                status = S.FAILED
+    output, errors, rendered = _final_output(wf, execution, step)
+    if not rendered and status == S.SUCCEEDED:
+        status = S.FAILED
     WorkflowExecution.objects.filter(pk=wf.pk).update(output=output, errors=errors, updated=timezone.now())
     if status == S.CANCELED:
         if transition(execution, to=S.CANCELED, result={"output": output, "errors": errors}):
             transaction.on_commit(lambda: executions.announce_finished(execution.pk))
         return
     executions.finish(execution, status, {"output": output, "errors": errors})
+
+
+def _final_output(wf: WorkflowExecution, execution: Execution, step: StepContext | None) -> tuple[Any, list, bool]:
+    """(output, errors, whether the output rendered) of a workflow that ends."""
+    errors = list(wf.errors or [])
+    spec_output = wf.definition.get("output")
+    if not spec_output:
+        return None, errors, True
+    step = step or _step(wf, execution)
+    try:
+        return render_value(spec_output, step.for_task(None)), errors, True
+    except TemplateError as exc:
+        return None, errors + [{"task": None, "message": f"output: {exc}"}], False
+
+
+# --- used by the with-items hot path and the sweep -------------------------------------------------------
+
+def finalize_items(te_id: int) -> bool:
+    """A with-items task whose last item is in (or that stopped starting items, with none in flight): end it
+    and follow its transitions, or complete the pause / cancel, under the conductor's locks. Idempotent."""
+    with transaction.atomic():
+        locked = _lock(te_id, IN_FLIGHT_TASK)
+        if locked is None:
+            return False
+        execution, wf, te = locked
+        if te.items_total is None:
+            return False
+        if execution.is_terminal:
+            if te.items_done >= te.items_started:
+                _end_task(te, T.CANCELED, _item_results(te), error="canceled")
+            return True
+        step = _step(wf, execution)
+        if te.items_done >= te.items_total:
+            status = T.SUCCEEDED if te.items_failed == 0 else T.FAILED
+            error = f"{te.items_failed} of {te.items_total} items failed" if te.items_failed else ""
+            _task_done(wf, execution, step, te, status, _item_results(te), error=error)
+        elif te.items_done >= te.items_started and execution.status == S.CANCELING:
+            _end_task(te, T.CANCELED, _item_results(te), error="canceled")
+        elif te.items_done >= te.items_started and execution.status in STARTABLE and not wf.failing:
+            _top_up(wf, execution, step, te)  # resumed meanwhile: start the rest
+        _maybe_finish(wf, execution, step)
+        _note_advance(wf)
+        return True
+
+
+def _failed_item_row(execution_id, user, te_id, name, action, index: int, message: str, ref: str = "") -> None:
+    """An item that could not even be requested (bad input, action gone): a failed child, so the item's place
+    in the result list is kept and its failure counted like any other."""
+    ref = action.ref if action is not None else ref
+    child = Execution.objects.create(
+        action=action, action_ref=ref, pack_ref=action.pack.ref if action is not None else ref.partition(".")[0],
+        runner_type=action.runner_type.name if action is not None else "", status=S.FAILED,
+        result={"error": message}, parent_id=execution_id, started_by=user, task_name=name, task_execution_id=te_id,
+        item_index=index, finished_at=timezone.now(),
+    )
+    transaction.on_commit(lambda: child_finished(child))
 
 
 # --- used by the sweep ----------------------------------------------------------------------------------
@@ -719,7 +842,7 @@ def time_out_task(te_id: int) -> bool:
 
 def time_out_workflow(execution_id: int) -> bool:
     with transaction.atomic():
-        execution = Execution.objects.select_for_update().get(pk=execution_id)
+        execution = Execution.objects.select_for_update(no_key=True).get(pk=execution_id)
         if execution.is_terminal:
             return False
         wf = WorkflowExecution.objects.get(execution=execution)

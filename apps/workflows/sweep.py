@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.core.periodic import register
@@ -33,7 +33,7 @@ BATCH = 500
 @register("workflows.sweep", every=1)
 def sweep() -> dict[str, int]:
     now = timezone.now()
-    counts = {"reported": 0, "started": 0, "task_timeouts": 0, "workflow_timeouts": 0}
+    counts = {"reported": 0, "started": 0, "finalized": 0, "task_timeouts": 0, "workflow_timeouts": 0}
     unreported = (Execution.objects.filter(task_reported=False, task_execution_id__isnull=False,
                                            status__in=list(TERMINAL), finished_at__lt=now - GRACE)
                   .order_by("finished_at")[:BATCH])
@@ -46,6 +46,12 @@ def sweep() -> dict[str, int]:
            .values_list("pk", flat=True)[:BATCH])
     for te_id in list(due):
         counts["started"] += bool(conductor.start_due(te_id))
+    # with-items tasks whose last item was counted but that were not finalised (the process died between)
+    finished_items = TaskExecution.objects.filter(
+        status__in=[T.RUNNING, T.PENDING], items_total__isnull=False, items_done__gte=F("items_total"),
+        updated__lt=now - GRACE).values_list("pk", flat=True)[:BATCH]
+    for te_id in list(finished_items):
+        counts["finalized"] += bool(conductor.finalize_items(te_id))
     late = TaskExecution.objects.filter(status__in=[T.RUNNING, T.PENDING], timeout_at__lt=now).values_list(
         "pk", flat=True)[:BATCH]
     for te_id in list(late):
@@ -57,6 +63,6 @@ def sweep() -> dict[str, int]:
     for execution_id, started_at, timeout in list(with_timeout):
         if started_at + timedelta(seconds=timeout) < now:
             counts["workflow_timeouts"] += bool(conductor.time_out_workflow(execution_id))
-    if counts["reported"] or counts["task_timeouts"] or counts["workflow_timeouts"]:
+    if counts["reported"] or counts["finalized"] or counts["task_timeouts"] or counts["workflow_timeouts"]:
         log.info("workflow sweep: %s", counts)
     return counts

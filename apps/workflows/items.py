@@ -1,0 +1,180 @@
+"""The with-items hot path: one item's child ended → count it, start the next, under the task's row lock.
+
+10,000 items is a normal workload (SPEC §7), so this path reads and writes a fixed, small set of rows per
+item, whatever the number of items, tasks or variables:
+
+- ``SELECT ... FOR UPDATE`` of the task's counters (never its item list or results);
+- the conditional ``task_reported`` update of the child (exactly-once counting);
+- one read of the workflow's status; one ``UPDATE`` of the counters;
+- for each item started: the item itself (``items -> i``, not the list), and the child's row.
+
+The workflow execution row is not locked here (the children's ``parent`` foreign key only needs a key-share
+lock, which the conductor's ``FOR NO KEY UPDATE`` allows). Whatever needs the whole workflow — the task's
+last item, a pause or cancel with nothing left in flight — goes to :func:`conductor.finalize_items` after
+commit, which takes the conductor's usual locks; the sweep repeats that if the process died in between.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+from django.db import transaction
+from django.db.models.fields.json import KeyTransform
+from django.utils import timezone
+
+from apps.core.statuses import ExecutionStatus, TaskStatus
+from apps.core.templating import TemplateError, contains_template
+from apps.executions import services as executions
+from apps.executions.models import Execution
+from apps.executions.parameters import ParameterError
+
+from .models import TaskExecution, WorkflowExecution
+
+S = ExecutionStatus
+T = TaskStatus
+STARTABLE = (S.RUNNING, S.PENDING)
+_ACTION_TTL = 5.0
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+_definitions: _LRU = _LRU(256)  # workflow execution id -> its definition snapshot (immutable)
+_owners: _LRU = _LRU(256)  # workflow execution id -> (execution id, user, mask values)
+_actions: dict[str, tuple[float, Any]] = {}
+
+
+def definition(wf_id: int) -> dict[str, Any]:
+    found = _definitions.get(wf_id)
+    if found is None:
+        found = WorkflowExecution.objects.filter(pk=wf_id).values_list("definition", flat=True).get()
+        _definitions.put(wf_id, found)
+    return found
+
+
+def action(ref: str):
+    """The action of a task, cached for a few seconds (an edit is seen by items started after that)."""
+    from .conductor import _action
+
+    hit = _actions.get(ref)
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    found = _action(ref)
+    _actions[ref] = (now + _ACTION_TTL, found)
+    return found
+
+
+def item_finished(child: Execution) -> bool:
+    """Count ``child`` and start what its end makes room for. True when the caller must finalise the task
+    (the last item is in, or the workflow stopped starting items and none is left in flight). False when
+    nothing more is to do. Raises LookupError when the task is not a running with-items task."""
+    with transaction.atomic():
+        row = (TaskExecution.objects.select_for_update(of=("self",)).filter(pk=child.task_execution_id)
+               .values_list("workflow_execution_id", "task_name", "status", "items_total", "items_started",
+                            "items_done", "items_failed", "concurrency").first())
+        if row is None or row[2] not in (T.RUNNING, T.PENDING) or row[3] is None:
+            raise LookupError(child.task_execution_id)
+        wf_id, name, _status, total, started, done, failed, concurrency = row
+        if not Execution.objects.filter(pk=child.pk, task_reported=False).update(task_reported=True):
+            return False  # counted already
+        execution_id, failing, status = (WorkflowExecution.objects.filter(pk=wf_id)
+                                         .values_list("execution_id", "failing", "execution__status").get())
+        done += 1
+        failed += child.status != S.SUCCEEDED
+        startable = status in STARTABLE and not failing
+        room = 0
+        if startable and started < total:
+            room = total - started
+            if concurrency:
+                room = min(room, concurrency - (started - done))
+        if room > 0:
+            _launch(wf_id, execution_id, child.task_execution_id, name, range(started, started + room))
+            started += room
+        TaskExecution.objects.filter(pk=child.task_execution_id).update(
+            items_done=done, items_failed=failed, items_started=started, updated=timezone.now())
+    return done >= total or (not startable and done >= started)
+
+
+def _launch(wf_id: int, execution_id: int, te_id: int, name: str, indexes: range) -> None:
+    from .conductor import _failed_item_row, _render_input, _step
+
+    task = definition(wf_id)["tasks"][name]
+    template = task.get("input") or {}
+    templated = contains_template(template)
+    owner = _owner(wf_id, execution_id)
+    parent = Execution(pk=execution_id)
+    try:
+        act = action(task["action"])
+    except Exception as exc:  # deleted since the task started: each item fails on its own
+        for index in indexes:
+            _failed_item_row(execution_id, owner[1], te_id, name, None, index, str(exc), ref=task["action"])
+        return
+    base = None
+    if templated:
+        wf = WorkflowExecution.objects.get(pk=wf_id)
+        execution = Execution.objects.select_related("action", "started_by").get(pk=execution_id)
+        base = _step(wf, execution).for_task(None)
+    batched = bool(task.get("batch_size"))
+    timeout = int(task["timeout"]) if task.get("timeout") else None
+    for index in indexes:
+        try:
+            if templated:
+                item = _item_at(te_id, index)
+                ctx = dict(base)
+                ctx.update({"items": item, "batch_index": index} if batched else {"item": item, "index": index})
+                parameters = _render_input(template, ctx)
+            else:
+                parameters = template
+            executions.create_execution(
+                act, parameters, user=owner[1], parent=parent, task_name=name, task_execution_id=te_id,
+                item_index=index, timeout=timeout, mask_values=owner[2], secret_names=_secret_names(parameters, owner[2]),
+            )
+        except TemplateError as exc:
+            _failed_item_row(execution_id, owner[1], te_id, name, act, index, str(exc))
+        except (ParameterError, executions.ExecutionStateError) as exc:
+            from .conductor import _parameter_error_text
+
+            _failed_item_row(execution_id, owner[1], te_id, name, act, index, f"input: {_parameter_error_text(exc)}")
+
+
+def _secret_names(parameters: Any, mask_values: list[str]) -> set[str]:
+    if not mask_values or not isinstance(parameters, dict):
+        return set()
+    import json
+
+    names = set()
+    for key, value in parameters.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        if any(m and m in text for m in mask_values):
+            names.add(key)
+    return names
+
+
+def _owner(wf_id: int, execution_id: int):
+    """(execution id, the user it runs as, its secret plaintexts to mask): fixed for the workflow's life."""
+    found = _owners.get(wf_id)
+    if found is None:
+        from apps.executions.parameters import full_parameters
+
+        execution = Execution.objects.select_related("started_by").get(pk=execution_id)
+        _, mask_values = full_parameters(execution)
+        found = (execution_id, execution.started_by, mask_values)
+        _owners.put(wf_id, found)
+    return found
+
+
+def _item_at(te_id: int, index: int) -> Any:
+    """One item, read from the stored list without loading the whole list."""
+    return (TaskExecution.objects.filter(pk=te_id).annotate(item=KeyTransform(str(index), "items"))
+            .values_list("item", flat=True).get())

@@ -248,10 +248,10 @@ CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Celery's Django fix-up closes the database connection around every task unless told otherwise, so every
-# execution opens a new PostgreSQL session. Reusing connections (ATTUNE_DB_REUSE_MAX=1000) doubled
-# throughput in the benchmark, but in the test suite a pool thread once kept a connection idle in a
-# transaction: opt-in until that is understood (docs/performance.md).
-CELERY_DB_REUSE_MAX = env_int("ATTUNE_DB_REUSE_MAX", 0) or None
+# execution would open a new PostgreSQL session (19 ms of server CPU each). Connections are reused for 1,000
+# tasks; a task that leaves a transaction open gets its connection rolled back and closed (attune/celery.py).
+# ATTUNE_DB_REUSE_MAX=0 restores close-after-every-task.
+CELERY_DB_REUSE_MAX = env_int("ATTUNE_DB_REUSE_MAX", 1000) or None
 if EMBEDDED:
     CELERY_BROKER_URL = "memory://localhost/"
     # The memory transport polls once a second by default: 5 ms keeps an in-process hop cheap.

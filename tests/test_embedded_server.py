@@ -78,7 +78,7 @@ def test_run_serves_everything_and_stops_cleanly(tmp_path):
         created = httpx.post(base + "/api/v1/packs", json={"ref": "ops", "version": "1.0.0"}, headers=auth)
         assert created.status_code == 201, created.text
         page = httpx.get(base + "/api/v1/packs?page_size=1", headers=auth).json()
-        assert page["count"] == 2 and len(page["results"]) == 1 and page["next"]  # core (shipped) + ops
+        assert page["count"] == 3 and len(page["results"]) == 1 and page["next"]  # core, examples (shipped) + ops
         bad = httpx.post(base + "/api/v1/packs", json={"ref": "Bad Ref", "version": "1.0.0"}, headers=auth)
         assert bad.status_code == 400 and "ref" in bad.json()
         details = httpx.get(base + "/health/").json()

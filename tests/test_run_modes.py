@@ -50,3 +50,19 @@ def test_a_task_round_trips_through_the_broker(worker):
     token = uuid.uuid4().hex
     result = ping.apply_async(args=[token], queue="attune")
     assert result.get(timeout=20)["pong"] == token
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_that_leaves_a_transaction_open_gets_its_connection_closed(caplog):
+    """Connections are reused across tasks: one left inside a transaction would keep its locks forever."""
+    from django.db import connection
+
+    from attune.celery import _no_transaction_left_open
+
+    connection.ensure_connection()
+    connection.set_autocommit(False)  # what a task that never committed looks like
+    with caplog.at_level("ERROR", logger="attune.celery"):
+        _no_transaction_left_open()
+    assert connection.connection is None and "left a transaction open" in caplog.text
+    connection.ensure_connection()
+    assert connection.get_autocommit()  # a fresh connection, back in autocommit

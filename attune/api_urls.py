@@ -50,6 +50,7 @@ router.register("identities", accounts.IdentityViewSet, basename="identity")
 router.register("permission-sets", accounts.PermissionSetViewSet, basename="permission-set")
 router.register("permission-assignments", accounts.PermissionAssignmentViewSet, basename="permission-assignment")
 router.register("auth/tokens", accounts.ApiTokenViewSet, basename="api-token")
+router.register("audit", accounts.AuditEventViewSet, basename="audit-event")
 
 urlpatterns = [
     re_path(r"^webhooks/(?P<key>[A-Za-z0-9_-]+)/?$", webhooks.receive, name="webhook-receive"),

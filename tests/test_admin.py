@@ -76,6 +76,13 @@ def _api_token():
     return token, token.prefix, "pipeline"
 
 
+def _audit_event():
+    from apps.accounts.audit import record
+
+    event = record(None, "login_failed", actor_name="mallory-the-guesser", object_type="identity", object_ref="x")
+    return event, "mallory-the-guesser", "mallory"
+
+
 def _pack():
     return PackFactory(ref="netops", label="Network operations"), "netops", "netops"
 
@@ -181,6 +188,7 @@ CASES = {
     "accounts.PermissionSet": _permission_set,
     "accounts.PermissionAssignment": _permission_assignment,
     "accounts.ApiToken": _api_token,
+    "accounts.AuditEvent": _audit_event,
     "packs.Pack": _pack,
     "packs.Runtime": _runtime,
     "keys.Key": _key,
@@ -205,7 +213,7 @@ CASES = {
 
 # Written by the system (or issued once through the API): never added here.
 NO_ADD = {
-    "accounts.ApiToken", "executions.Execution", "executions.OutputChunk", "executions.Artifact",
+    "accounts.ApiToken", "accounts.AuditEvent", "executions.Execution", "executions.OutputChunk", "executions.Artifact",
     "executions.Worker", "triggers.Webhook", "triggers.Event", "rules.Enforcement", "workflows.WorkflowDefinition",
     "workflows.WorkflowExecution", "workflows.TaskExecution", "inquiries.Inquiry", "notifications.Notification",
 }

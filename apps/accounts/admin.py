@@ -6,14 +6,48 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.utils import timezone
 
 from apps.core.admin_utils import (
+    EMPTY,
+    FieldsetsReadOnlyMixin,
     IdSearchMixin,
+    ReadOnlyAdminMixin,
     ReadOnlyTabularInline,
     admin_link,
     changelist_link,
     json_block,
+    short,
 )
 
-from .models import ApiToken, PermissionAssignment, PermissionSet, User
+from .audit import assignment_facts, object_ref_of, record
+from .models import ApiToken, AuditEvent, PermissionAssignment, PermissionSet, User
+
+
+class AuditedAdminMixin:
+    """Record ``<audit_type>.create|update|delete`` for changes made in the admin (as the API does)."""
+
+    audit_type = ""
+
+    def audit_facts(self, obj) -> dict:
+        return {}
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        fields = sorted(form.changed_data) if change else None
+        record(request.user, f"{self.audit_type}.{'update' if change else 'create'}", obj=obj, request=request,
+               object_type=self.audit_type, via="admin", **({"fields": fields} if change else {}),
+               **self.audit_facts(obj))
+
+    def delete_model(self, request, obj):
+        facts, ref = self.audit_facts(obj), object_ref_of(obj)
+        super().delete_model(request, obj)
+        record(request.user, f"{self.audit_type}.delete", request=request, object_type=self.audit_type,
+               object_ref=ref, via="admin", **facts)
+
+    def delete_queryset(self, request, queryset):
+        gone = [(object_ref_of(obj), self.audit_facts(obj)) for obj in queryset]
+        super().delete_queryset(request, queryset)
+        for ref, facts in gone:
+            record(request.user, f"{self.audit_type}.delete", request=request, object_type=self.audit_type,
+                   object_ref=ref, via="admin", **facts)
 
 
 class PermissionAssignmentInline(admin.TabularInline):
@@ -36,7 +70,8 @@ class ApiTokenInline(ReadOnlyTabularInline):
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(AuditedAdminMixin, DjangoUserAdmin):
+    audit_type = "identity"
     list_display = (
         "username", "email", "first_name", "last_name", "is_service_account", "is_staff", "is_superuser",
         "is_active", "last_login", "date_joined",
@@ -65,9 +100,30 @@ class UserAdmin(DjangoUserAdmin):
     )
     inlines = (PermissionAssignmentInline, ApiTokenInline)
 
+    def audit_facts(self, obj) -> dict:
+        return {"is_service_account": obj.is_service_account, "is_active": obj.is_active, "is_staff": obj.is_staff,
+                "is_superuser": obj.is_superuser}
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not PermissionAssignment:
+            return super().save_formset(request, form, formset, change)
+        deleted = [(str(f.instance.pk), assignment_facts(f.instance))
+                   for f in formset.deleted_forms if f.instance.pk is not None]
+        super().save_formset(request, form, formset, change)
+        for obj in formset.new_objects:
+            record(request.user, "permission_assignment.create", obj=obj, request=request,
+                   object_type="permission_assignment", via="admin", **assignment_facts(obj))
+        for obj, fields in formset.changed_objects:
+            record(request.user, "permission_assignment.update", obj=obj, request=request,
+                   object_type="permission_assignment", via="admin", fields=sorted(fields), **assignment_facts(obj))
+        for ref, facts in deleted:
+            record(request.user, "permission_assignment.delete", request=request, object_type="permission_assignment",
+                   object_ref=ref, via="admin", **facts)
+
 
 @admin.register(PermissionSet)
-class PermissionSetAdmin(admin.ModelAdmin):
+class PermissionSetAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    audit_type = "permission_set"
     list_display = ("name", "description_short", "grant_count", "builtin", "assignments_link", "updated")
     list_filter = ("builtin",)
     search_fields = ("name", "description")
@@ -83,6 +139,9 @@ class PermissionSetAdmin(admin.ModelAdmin):
         if obj is not None and obj.builtin:
             return False
         return super().has_delete_permission(request, obj)
+
+    def audit_facts(self, obj) -> dict:
+        return {"grants": obj.grants}
 
     @admin.display(description="description")
     def description_short(self, obj):
@@ -102,13 +161,17 @@ class PermissionSetAdmin(admin.ModelAdmin):
 
 
 @admin.register(PermissionAssignment)
-class PermissionAssignmentAdmin(admin.ModelAdmin):
+class PermissionAssignmentAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    audit_type = "permission_assignment"
     list_display = ("id", "identity_link", "permission_set_link", "packs", "created")
     list_filter = ("permission_set",)
     list_select_related = ("identity", "permission_set")
     search_fields = ("identity__username", "permission_set__name")
     autocomplete_fields = ("identity", "permission_set")
     readonly_fields = ("created", "updated")
+
+    def audit_facts(self, obj) -> dict:
+        return assignment_facts(obj)
 
     @admin.display(description="identity", ordering="identity__username")
     def identity_link(self, obj):
@@ -166,5 +229,43 @@ class ApiTokenAdmin(IdSearchMixin, admin.ModelAdmin):
     @admin.action(description="Revoke selected tokens", permissions=("change",))
     def revoke(self, request, queryset):
         now = timezone.now()
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=now, updated=now)
+        active = list(queryset.filter(revoked_at__isnull=True).select_related("user"))
+        count = queryset.filter(pk__in=[t.pk for t in active]).update(revoked_at=now, updated=now)
+        for token in active:
+            record(request.user, "api_token.revoke", obj=token, request=request, object_ref=str(token.pk),
+                   owner=token.user.username, name=token.name, prefix=token.prefix, via="admin")
         self.message_user(request, f"Revoked {count} token(s).", messages.SUCCESS)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(FieldsetsReadOnlyMixin, IdSearchMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    """The audit log: written by the system, read here, never changed or deleted (not even by superusers)."""
+
+    list_display = ("created", "actor_display", "action", "object_type", "object_ref_short", "pack_ref", "remote_addr")
+    list_display_links = ("created", "action")
+    list_filter = ("action", "object_type")
+    search_fields = ("actor_name", "action", "object_ref", "pack_ref")
+    date_hierarchy = "created"
+    list_select_related = ("actor",)
+    fieldsets = (
+        (None, {"fields": ("id", "created", "actor_display", "action", "remote_addr")}),
+        ("Object", {"fields": ("object_type", "object_ref", "pack_ref")}),
+        ("Details", {"fields": ("details_pretty",)}),
+    )
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="actor", ordering="actor_name")
+    def actor_display(self, obj):
+        if obj.actor_id is None:
+            return obj.actor_name or EMPTY
+        return admin_link(User, obj.actor_id, obj.actor_name)
+
+    @admin.display(description="object", ordering="object_ref")
+    def object_ref_short(self, obj):
+        return short(obj.object_ref, 60) or EMPTY
+
+    @admin.display(description="details")
+    def details_pretty(self, obj):
+        return json_block(obj.details)

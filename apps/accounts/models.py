@@ -123,3 +123,30 @@ class ApiToken(TimestampedModel):
             user=user, name=name, prefix=raw[:12], key_hash=hash_token(raw), expires_at=expires_at
         )
         return token, raw
+
+
+class AuditEvent(models.Model):
+    """Who did what to which object, when and from where. Append-only; never holds secret values."""
+
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    actor_name = models.CharField(
+        max_length=150, blank=True, default="", db_index=True,
+        help_text="Username at the time (kept when the identity is deleted; the attempted name for failed logins).",
+    )
+    action = models.CharField(max_length=64, db_index=True, help_text='e.g. "login", "key.decrypt", "inquiry.respond"')
+    object_type = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    object_ref = models.CharField(max_length=256, blank=True, default="", help_text="Ref, name or id of the object.")
+    pack_ref = models.CharField(max_length=128, blank=True, default="", db_index=True)
+    details = models.JSONField(default=dict, blank=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_ref"])]
+
+    def __str__(self) -> str:
+        target = f" {self.object_type} {self.object_ref}".rstrip() if self.object_type else ""
+        return f"{self.actor_name or 'anonymous'} {self.action}{target}"

@@ -4,7 +4,7 @@ A viewset names its ``resource`` (one of :data:`apps.accounts.models.RESOURCES`)
 grant actions (list/retrieve → view, create → create, update → update, destroy → delete); custom
 actions declare theirs in ``action_permissions`` (e.g. ``{"execute": "execute"}``). Superusers may do
 everything. Grants limited to packs are checked against the object's pack (object level) and the
-``pack`` field of a create request.
+pack a create or update request names (the body's ``pack`` field, or the view's ``pack_field``).
 """
 from __future__ import annotations
 
@@ -99,6 +99,13 @@ def required_action(view) -> str:
     return DEFAULT_ACTION_MAP.get(name, "view" if view.request.method in permissions.SAFE_METHODS else "update")
 
 
+def body_pack(request, view) -> str | None:
+    """The pack a create or update request puts its object in: the body's ``pack`` (or ``view.pack_field``)."""
+    data = request.data
+    pack = data.get(getattr(view, "pack_field", "pack")) if isinstance(data, dict) else None
+    return pack if isinstance(pack, str) else None
+
+
 def object_pack(obj) -> str | None:
     getter = getattr(obj, "pack_ref_for_permissions", None)
     if getter is not None:
@@ -123,9 +130,9 @@ class AttunePermission(permissions.BasePermission):
             # Endpoints about the caller themselves (auth/me, tokens) need only authentication.
             return True
         action = required_action(view)
-        if getattr(view, "action", None) == "create" and isinstance(request.data, dict):
-            pack = request.data.get("pack")
-            if isinstance(pack, str):
+        if getattr(view, "action", None) == "create":
+            pack = body_pack(request, view)
+            if pack is not None:
                 return has_grant(user, resource, action, pack)
         # Pack-limited grants are checked again per object, and lists are narrowed to the visible packs.
         return has_grant(user, resource, action)
@@ -135,7 +142,15 @@ class AttunePermission(permissions.BasePermission):
         if resource is None:
             return True
         pack = ANY_PACK if getattr(view, "pack_lookup", None) == "*" else object_pack(obj)
-        return has_grant(request.user, resource, required_action(view), pack)
+        action = required_action(view)
+        if not has_grant(request.user, resource, action, pack):
+            return False
+        if getattr(view, "action", None) in ("update", "partial_update"):
+            # Moving the object to another pack needs the grant there too.
+            target = body_pack(request, view)
+            if target is not None and target != pack:
+                return has_grant(request.user, resource, action, target)
+        return True
 
 
 class IsSuperuser(permissions.BasePermission):

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model, password_validation
+from django.utils import timezone
 from rest_framework import serializers
 
 from apps.accounts.models import (
     ApiToken,
+    AuditEvent,
     PermissionAssignment,
     PermissionSet,
     validate_grants,
@@ -128,6 +130,11 @@ class ApiTokenSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "user", "prefix", "expires_at", "last_used_at", "revoked_at", "is_active", "created"]
         read_only_fields = ["prefix", "last_used_at", "revoked_at", "created"]
 
+    def validate_expires_at(self, value):
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("must be in the future (leave it empty for a token that does not expire).")
+        return value
+
 
 class ApiTokenCreatedSerializer(ApiTokenSerializer):
     token = serializers.CharField(read_only=True, help_text="The token itself. Shown once; store it now.")
@@ -173,3 +180,15 @@ class PermissionAssignmentSerializer(serializers.ModelSerializer):
         if clash.exists():
             raise serializers.ValidationError({"permission_set": [f"{identity} already has {pset}."]})
         return attrs
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_name", read_only=True,
+                                  help_text="Username at the time (the attempted one for failed logins).")
+    actor_id = serializers.IntegerField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "created", "actor", "actor_id", "action", "object_type", "object_ref", "pack_ref", "details",
+                  "remote_addr"]
+        read_only_fields = fields

@@ -4,6 +4,7 @@ from __future__ import annotations
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
+from apps.accounts.audit import record
 from apps.core.api.errors import Conflict
 from apps.executions import services
 from apps.executions.parameters import ParameterError
@@ -21,5 +22,6 @@ def start(request, action, data: dict) -> Response:
         raise serializers.ValidationError({"parameters": exc.errors}) from None
     except services.ExecutionStateError as exc:
         raise Conflict(str(exc)) from None
+    record(request.user, "execution.create", obj=execution, request=request, action_ref=execution.action_ref)
     execution._prefetched_objects_cache = {"children": execution.children.none()}  # new: it has none yet
     return Response(ExecutionSerializer(execution).data, status=status.HTTP_201_CREATED)

@@ -13,3 +13,7 @@ class InquirySerializer(serializers.ModelSerializer):
         fields = ["id", "execution", "prompt", "schema", "assignees", "roles", "status", "response", "responded_by",
                   "responded_at", "timeout_at", "created"]
         read_only_fields = fields
+
+
+class InquiryResponseSerializer(serializers.Serializer):
+    response = serializers.JSONField(help_text="The answer; validated against the inquiry's schema.")

@@ -50,6 +50,25 @@ class KeyViewSet(ModelViewSet):
             visible |= Q(scope=KeyScope.ACTION, owner__startswith=f"{pack}.")
         return queryset.filter(visible)
 
+    def _check_target_pack(self, serializer) -> None:
+        """The pack a created or changed key ends up in must be covered by the caller's grant (a system or
+        user key by an unrestricted one): a grant limited to packs writes only its packs' keys."""
+        data, instance = serializer.validated_data, serializer.instance
+        target = Key(scope=data.get("scope", getattr(instance, "scope", KeyScope.SYSTEM)),
+                     owner=data.get("owner", getattr(instance, "owner", "")))
+        action = "create" if instance is None else "update"
+        if not has_grant(self.request.user, "keys", action, target.pack_ref_for_permissions()):
+            where = f"{target.scope} {target.owner}".strip()
+            raise PermissionDenied(f"your keys:{action} grant does not cover {where} keys.")
+
+    def perform_create(self, serializer):
+        self._check_target_pack(serializer)
+        super().perform_create(serializer)
+
+    def perform_update(self, serializer):
+        self._check_target_pack(serializer)
+        super().perform_update(serializer)
+
     def get_serializer_context(self):
         context = super().get_serializer_context()
         wants = self.request.query_params.get("decrypt", "").lower() in {"1", "true", "yes"}
@@ -58,12 +77,36 @@ class KeyViewSet(ModelViewSet):
                 raise PermissionDenied("decrypting secret keys needs the keys:decrypt grant.")
             # Each key is decrypted only if the grant covers its pack (system keys: unrestricted grants).
             user = self.request.user
-            context["may_decrypt"] = lambda key: has_grant(user, "keys", "decrypt", key.pack_ref_for_permissions())
+            decrypted = self._decrypted = getattr(self, "_decrypted", {})
+
+            def may_decrypt(key) -> bool:
+                allowed = has_grant(user, "keys", "decrypt", key.pack_ref_for_permissions())
+                if allowed and key.secret:
+                    decrypted[key.pk] = key  # audited once the response is built
+                return allowed
+
+            context["may_decrypt"] = may_decrypt
         return context
+
+    def _audit_decrypted(self) -> None:
+        """One ``key.decrypt`` audit event per secret key shown in clear (names only, never values)."""
+        from apps.accounts.audit import record
+
+        for key in getattr(self, "_decrypted", {}).values():
+            record(self.request.user, "key.decrypt", obj=key, request=self.request, object_ref=str(key),
+                   via=self.action)
+        self._decrypted = {}
+
+    def list(self, request, *args, **kwargs):
+        response = super().list(request, *args, **kwargs)
+        self._audit_decrypted()
+        return response
 
     def retrieve(self, request, *args, **kwargs):
         key = self.get_object()
         context = self.get_serializer_context()
         if "may_decrypt" in context and not context["may_decrypt"](key):
             raise PermissionDenied("your keys:decrypt grant does not cover this key.")
-        return Response(self.get_serializer(key).data)
+        response = Response(self.get_serializer(key, context=context).data)
+        self._audit_decrypted()
+        return response

@@ -12,6 +12,7 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
+from apps.accounts.audit import record
 from apps.accounts.permissions import IsSuperuser, has_grant
 from apps.actions.api.serializers import ActionSerializer
 from apps.actions.models import Action
@@ -88,6 +89,7 @@ def _component_schema(kind: str, serializer):
 class PackViewSet(RefLookupMixin, ModelViewSet):
     resource = "packs"
     pack_lookup = "ref"
+    pack_field = "ref"  # a pack's own ref is its pack: a pack-limited grant creates only its packs
     queryset = Pack.objects.all()
     serializer_class = PackSerializer
     filterset_class = PackFilter
@@ -219,6 +221,7 @@ class PackViewSet(RefLookupMixin, ModelViewSet):
             if not has_grant(request.user, "keys", "decrypt", pack.ref):
                 raise PermissionDenied("decrypting pack config secrets needs the keys:decrypt grant for this pack.")
             values = services.pack_config(pack)
+            record(request.user, "pack_config.decrypt", obj=pack, request=request)
         else:
             values = services.redacted_pack_config(pack)
         return Response({"pack": pack.ref, "config": values})

@@ -34,7 +34,7 @@ from apps.core.statuses import TERMINAL, ExecutionStatus, TaskStatus
 from apps.core.templating import TemplateError, render_condition, render_value
 from apps.executions import services as executions
 from apps.executions.models import Execution
-from apps.executions.parameters import ParameterError, full_parameters
+from apps.executions.parameters import ParameterError, full_parameters, mask
 from apps.keys.crypto import get_ring
 
 from .context import SECRET_VAR, SECRET_VAR_AAD, StepContext
@@ -70,8 +70,11 @@ def start(execution_id: int) -> str:
             wf = WorkflowExecution.objects.create(execution=execution, definition=definition)
         elif wf.advance_count:
             return execution.status
-        # The conductor owns the execution now: no worker's death may abandon it.
-        Execution.objects.filter(pk=execution.pk).update(worker=None)
+        # The conductor owns the execution now: no worker's death may abandon it. The action's own timeout
+        # applies when the request gave none (0: a workflow action without `timeout` has none).
+        timeout = execution.timeout or (execution.action.timeout if execution.action is not None else None) or None
+        Execution.objects.filter(pk=execution.pk).update(worker=None, timeout=timeout)
+        execution.timeout = timeout
         definition = wf.definition
         step = _step(wf, execution)
         if not WorkflowVariable.objects.filter(workflow_execution=wf).exists():
@@ -392,7 +395,7 @@ def _start_task(wf, execution, step: StepContext, te: TaskExecution) -> None:
         _task_done(wf, execution, step, te, T.FAILED, None, error=str(exc))
         return
     try:
-        child = _request_child(wf, execution, te, task, rendered, None, mask_values=step.mask_values)
+        child = _request_child(wf, execution, te, task, rendered, None, mask_values=step.secret_values())
     except (ParameterError, executions.ExecutionStateError, WorkflowError) as exc:
         message = _parameter_error_text(exc)
         _task_done(wf, execution, step, te, T.FAILED, {"error": message}, error=message)
@@ -497,7 +500,7 @@ def _launch_items(wf, execution, step, te, task, ctx, items: list[tuple[int, Any
         item_ctx.update(extra)
         try:
             parameters = _render_input(template, item_ctx)
-            _request_child(wf, execution, te, task, parameters, index, action=action, mask_values=step.mask_values)
+            _request_child(wf, execution, te, task, parameters, index, action=action, mask_values=step.secret_values())
         except TemplateError as exc:
             # The item fails on its own; it is recorded as a failed child so item order stays intact.
             _failed_item(wf, execution, te, action, index, str(exc))
@@ -600,8 +603,10 @@ def _retry(wf, execution, step, te, task, status, result, error) -> bool:
             return False
     delay = _backoff(retry, te.attempt)
     _end_task(te, status, result, error=f"{error} (retrying: attempt {te.attempt + 1})".strip())
-    TaskExecution.objects.create(workflow_execution=wf, task_name=te.task_name, status=T.READY,
-                                 attempt=te.attempt + 1, run_after=timezone.now() + timedelta(seconds=delay))
+    again = TaskExecution.objects.create(workflow_execution=wf, task_name=te.task_name, status=T.READY,
+                                         attempt=te.attempt + 1, run_after=timezone.now() + timedelta(seconds=delay))
+    if delay <= 0 and execution.status in STARTABLE and not wf.failing:
+        _start_task(wf, execution, step, again)  # no delay: no wait for the sweep either
     return True
 
 
@@ -682,6 +687,10 @@ def _start_held(wf: WorkflowExecution, execution: Execution) -> None:
     """After resume: start READY tasks (retries only when due) and top up with-items tasks."""
     step = _step(wf, execution)
     now = timezone.now()
+    wf.refresh_from_db(fields=["failing", "errors"])
+    if wf.failing:  # an unhandled failure: nothing new starts (_maybe_finish stops what was held)
+        _maybe_finish(wf, execution, step)
+        return
     for te in TaskExecution.objects.select_for_update().filter(workflow_execution=wf, status=T.READY).order_by("id"):
         if te.run_after is None or te.run_after <= now:
             _start_task(wf, execution, step, te)
@@ -716,16 +725,24 @@ def _maybe_finish(wf: WorkflowExecution, execution: Execution, step: StepContext
         if TaskExecution.objects.filter(workflow_execution=wf, status__in=IN_FLIGHT_TASK).exists():
             return
     elif execution.status in (S.PAUSING, S.PAUSED):
+        # In flight: a task with a child running. Not: a with-items task between items, a task whose
+        # nested workflow is paused itself.
         if not TaskExecution.objects.filter(workflow_execution=wf, status__in=IN_FLIGHT_TASK).exclude(
-                items_total__isnull=False, items_done__gte=F("items_started")).exists():
+                items_total__isnull=False, items_done__gte=F("items_started")).exclude(
+                items_total__isnull=True, execution__status=S.PAUSED).exists():
             if TaskExecution.objects.filter(workflow_execution=wf, status__in=ACTIVE_TASK).exists():
-                if execution.status == S.PAUSING:
-                    transition(execution, to=S.PAUSED, from_=S.PAUSING)
+                if execution.status == S.PAUSING and transition(execution, to=S.PAUSED, from_=S.PAUSING):
+                    if execution.task_execution_id is not None:  # a nested workflow: its parent may be paused now
+                        te_id = execution.task_execution_id
+                        transaction.on_commit(lambda: _nested_paused(te_id))
                 return
         else:
             return
-    elif TaskExecution.objects.filter(workflow_execution=wf, status__in=ACTIVE_TASK).exists():
-        return
+    else:
+        if wf.failing:
+            _stop_unstarted(wf)
+        if TaskExecution.objects.filter(workflow_execution=wf, status__in=ACTIVE_TASK).exists():
+            return
     # Nothing active: the workflow ends.
     if execution.status in (S.CANCELING, S.PAUSED) and execution.cancel_requested:
         status = S.CANCELED
@@ -744,6 +761,30 @@ def _maybe_finish(wf: WorkflowExecution, execution: Execution, step: StepContext
     executions.finish(execution, status, {"output": output, "errors": errors})
 
 
+def _stop_unstarted(wf: WorkflowExecution) -> None:
+    """An unhandled failure: what has not started never will. Ready tasks (a retry waiting for its delay) are
+    canceled; a with-items task with no item in flight ends with the items it ran."""
+    now = timezone.now()
+    TaskExecution.objects.filter(workflow_execution=wf, status=T.READY).update(
+        status=T.CANCELED, error="not started: the workflow failed", finished_at=now, updated=now)
+    for te in (TaskExecution.objects.select_for_update().defer("items", "result")
+               .filter(workflow_execution=wf, status__in=IN_FLIGHT_TASK, items_total__isnull=False,
+                       items_done__gte=F("items_started"), items_started__lt=F("items_total"))):
+        _end_task(te, T.FAILED if te.items_failed else T.CANCELED, _item_results(te),
+                  error=f"stopped after {te.items_done} of {te.items_total} items: the workflow failed")
+
+
+def _nested_paused(task_execution_id: int) -> None:
+    """A nested workflow became paused: its parent, if pausing, may be paused now too."""
+    with transaction.atomic():
+        locked = _lock(task_execution_id)
+        if locked is None:
+            return
+        execution, wf, _te = locked
+        if execution.status == S.PAUSING:
+            _maybe_finish(wf, execution, None)
+
+
 def _final_output(wf: WorkflowExecution, execution: Execution, step: StepContext | None) -> tuple[Any, list, bool]:
     """(output, errors, whether the output rendered) of a workflow that ends."""
     errors = list(wf.errors or [])
@@ -752,7 +793,8 @@ def _final_output(wf: WorkflowExecution, execution: Execution, step: StepContext
         return None, errors, True
     step = step or _step(wf, execution)
     try:
-        return render_value(spec_output, step.for_task(None)), errors, True
+        output = render_value(spec_output, step.for_task(None))
+        return mask(output, step.secret_values()), errors, True  # the result is stored and shown: no secrets
     except TemplateError as exc:
         return None, errors + [{"task": None, "message": f"output: {exc}"}], False
 
@@ -842,7 +884,7 @@ def time_out_task(te_id: int) -> bool:
 
 def time_out_workflow(execution_id: int) -> bool:
     with transaction.atomic():
-        execution = Execution.objects.select_for_update(no_key=True).get(pk=execution_id)
+        execution = _locked_execution(execution_id)
         if execution.is_terminal:
             return False
         wf = WorkflowExecution.objects.get(execution=execution)
@@ -854,9 +896,11 @@ def time_out_workflow(execution_id: int) -> bool:
         now = timezone.now()
         TaskExecution.objects.filter(workflow_execution=wf, status__in=[T.READY, T.WAITING, T.RUNNING, T.PENDING]).update(
             status=T.CANCELED, finished_at=now, updated=now)
-        errors = list(wf.errors or []) + [{"task": None, "message": f"the workflow timed out after {execution.timeout} s"}]
-        WorkflowExecution.objects.filter(pk=wf.pk).update(errors=errors, failing=True)
-        won = transition(execution, to=S.TIMEOUT, result={"output": None, "errors": errors})
+        message = f"the workflow timed out after {execution.timeout} s"
+        wf.errors = list(wf.errors or []) + [{"task": None, "message": message}]
+        output, errors, _ = _final_output(wf, execution, None)  # rendered from what ran, like any other end
+        WorkflowExecution.objects.filter(pk=wf.pk).update(errors=errors, failing=True, output=output)
+        won = transition(execution, to=S.TIMEOUT, result={"output": output, "errors": errors})
         if won:
             transaction.on_commit(lambda: executions.announce_finished(execution.pk))
         return won

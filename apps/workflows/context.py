@@ -169,6 +169,9 @@ class StepContext:
             base, self.kv = template_context(execution.action, user)
         else:
             self.kv = None
+        defaults = definition.get("input_defaults") or {}
+        if defaults:
+            parameters = {**defaults, **parameters}
         base.update({
             "parameters": parameters,
             "vars": self.vars,
@@ -178,6 +181,12 @@ class StepContext:
                        "timestamp": timezone.now().isoformat()},
         })
         self.base = base
+
+    def secret_values(self) -> list[str]:
+        """Plaintexts to keep out of anything stored: the workflow's secret parameters and every secret key a
+        template of this step read (``kv``)."""
+        tracked = list(self.kv.tracker.values) if self.kv is not None else []
+        return [*self.mask_values, *tracked]
 
     def for_task(self, te: TaskExecution | None, **extra: Any) -> dict[str, Any]:
         ctx = dict(self.base)  # a dozen top-level names: no deep copy

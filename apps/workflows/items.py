@@ -124,7 +124,8 @@ def _launch(wf_id: int, execution_id: int, te_id: int, name: str, indexes: range
     if templated:
         wf = WorkflowExecution.objects.get(pk=wf_id)
         execution = Execution.objects.select_related("action", "started_by").get(pk=execution_id)
-        base = _step(wf, execution).for_task(None)
+        step = _step(wf, execution)
+        base = step.for_task(None)
     batched = bool(task.get("batch_size"))
     timeout = int(task["timeout"]) if task.get("timeout") else None
     for index in indexes:
@@ -134,11 +135,13 @@ def _launch(wf_id: int, execution_id: int, te_id: int, name: str, indexes: range
                 ctx = dict(base)
                 ctx.update({"items": item, "batch_index": index} if batched else {"item": item, "index": index})
                 parameters = _render_input(template, ctx)
+                secrets = step.secret_values()
             else:
+                secrets = owner[2]
                 parameters = template
             executions.create_execution(
                 act, parameters, user=owner[1], parent=parent, task_name=name, task_execution_id=te_id,
-                item_index=index, timeout=timeout, mask_values=owner[2], secret_names=_secret_names(parameters, owner[2]),
+                item_index=index, timeout=timeout, mask_values=secrets, secret_names=_secret_names(parameters, secrets),
             )
         except TemplateError as exc:
             _failed_item_row(execution_id, owner[1], te_id, name, act, index, str(exc))

@@ -64,6 +64,7 @@ def normalize(body: Any) -> dict[str, Any]:
     return {
         "version": _version(body.get("version")),
         "input": _input_names(body.get("input")),
+        "input_defaults": _input_defaults(body.get("input")),
         "vars": _pairs(body.get("vars")) or {},
         "output": output if body.get("output") is not None else None,
         "order": order,
@@ -188,6 +189,17 @@ def _version(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return 1.0
+
+
+def _input_defaults(value: Any) -> dict[str, Any]:
+    """``input: [{region: us-east}]`` (or a mapping): defaults for parameters the caller did not give."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if isinstance(k, str) and v is not None}
+    defaults: dict[str, Any] = {}
+    for entry in value if isinstance(value, list) else []:
+        if isinstance(entry, dict):
+            defaults.update({k: v for k, v in entry.items() if isinstance(k, str)})
+    return defaults
 
 
 def _input_names(value: Any) -> list[str]:

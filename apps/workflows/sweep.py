@@ -52,6 +52,14 @@ def sweep() -> dict[str, int]:
         updated__lt=now - GRACE).values_list("pk", flat=True)[:BATCH]
     for te_id in list(finished_items):
         counts["finalized"] += bool(conductor.finalize_items(te_id))
+    # ... and those that stopped starting items (unhandled failure, cancel, pause) with none left in flight
+    stopped_items = TaskExecution.objects.filter(
+        status__in=[T.RUNNING, T.PENDING], items_total__isnull=False, items_done__gte=F("items_started"),
+        items_started__lt=F("items_total"), updated__lt=now - GRACE,
+    ).filter(Q(workflow_execution__failing=True, workflow_execution__execution__status__in=[S.RUNNING, S.PENDING])
+             | Q(workflow_execution__execution__status__in=[S.CANCELING, S.PAUSING])).values_list("pk", flat=True)[:BATCH]
+    for te_id in list(stopped_items):
+        counts["finalized"] += bool(conductor.finalize_items(te_id))
     late = TaskExecution.objects.filter(status__in=[T.RUNNING, T.PENDING], timeout_at__lt=now).values_list(
         "pk", flat=True)[:BATCH]
     for te_id in list(late):

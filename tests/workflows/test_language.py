@@ -54,7 +54,7 @@ DEFAULT_TASK = {"name": "a", "action": "core.noop", "input": {}, "when": None, "
 
 def test_minimal_workflow_gets_every_default():
     assert normalize({"tasks": [{"name": "a", "action": "core.noop"}]}) == {
-        "version": 1.0, "input": [], "vars": {}, "output": None, "order": ["a"], "entry": ["a"],
+        "version": 1.0, "input": [], "input_defaults": {}, "vars": {}, "output": None, "order": ["a"], "entry": ["a"],
         "tasks": {"a": DEFAULT_TASK},
     }
 
@@ -141,7 +141,7 @@ def test_normalise_top_level(body, expected):
 ])
 def test_normalise_never_raises_on_malformed_bodies(body):
     normalised = normalize(body)
-    assert set(normalised) == {"version", "input", "vars", "output", "order", "entry", "tasks"}
+    assert set(normalised) == {"version", "input", "input_defaults", "vars", "output", "order", "entry", "tasks"}
     assert list(normalised["tasks"]) == normalised["order"]
     assert "fail" not in normalised["tasks"]  # engine commands are never tasks
     json.dumps(normalised)
@@ -602,3 +602,9 @@ def test_the_example_pack_registers(core_pack_registered):
     definitions = WorkflowDefinition.objects.filter(action__pack__ref="examples")
     assert sorted(d.action.name for d in definitions) == EXAMPLES
     assert all(d.valid and d.definition["order"] for d in definitions)
+
+
+def test_input_defaults_are_kept():
+    body = {"version": 1.0, "input": ["host", {"region": "us-east"}], "tasks": [{"name": "a", "action": "core.noop"}]}
+    normalised = normalize(body)
+    assert normalised["input"] == ["host", "region"] and normalised["input_defaults"] == {"region": "us-east"}

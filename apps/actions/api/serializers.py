@@ -36,4 +36,8 @@ class ActionSerializer(PackComponentSerializer):
             raise serializers.ValidationError({"entry_point": [f"runner_type {runner.name} needs an entry_point."]})
         if runner is not None and runner.kind == "workflow" and entry_point and not entry_point.startswith("workflows/"):
             raise serializers.ValidationError({"entry_point": ["workflow entry points live under workflows/."]})
+        if (runner is not None and runner.kind == "workflow" and "timeout" not in attrs
+                and (self.instance is None or not self.partial)):
+            # A workflow may wait days on people: no timeout unless its metadata (or the request) gives one.
+            attrs["timeout"] = 0
         return attrs

@@ -109,6 +109,7 @@ class RerunSerializer(serializers.Serializer):
     parameters = serializers.DictField(required=False, default=dict, help_text="Overrides of the original's.")
     tasks = serializers.ListField(child=serializers.CharField(), required=False, default=list,
                                   help_text="Workflows: re-run from these tasks (the tasks before keep their results).")
+    from_task = serializers.CharField(required=False, help_text="Workflows: re-run from this task (SPEC §11).")
 
 
 class OutputSerializer(serializers.Serializer):

@@ -117,7 +117,9 @@ class ExecutionViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
 
         body = RerunSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        tasks = body.validated_data.get("tasks") or []
+        tasks = list(body.validated_data.get("tasks") or [])
+        if body.validated_data.get("from_task"):
+            tasks.append(body.validated_data["from_task"])
         try:
             original = self.get_object()
             if tasks:  # a workflow, again from the named task(s); the tasks before are not run again
@@ -125,7 +127,10 @@ class ExecutionViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
 
                 if body.validated_data["parameters"]:
                     raise serializers.ValidationError({"parameters": ["cannot be changed when re-running from a task"]})
-                execution = rerun_from(original, tasks, user=request.user)
+                try:
+                    execution = rerun_from(original, tasks, user=request.user)
+                except ParameterError as exc:
+                    raise serializers.ValidationError(exc.errors) from None  # {"tasks": ["no task 'x' ..."]}
             else:
                 execution = services.rerun_execution(original, user=request.user,
                                                      parameters=body.validated_data["parameters"])

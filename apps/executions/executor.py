@@ -66,7 +66,10 @@ def interpreter_and_env(kind: str, runtime, pack, pack_path: Path, env: dict[str
 class LiveOutput:
     """Stores output while it is produced, already masked, with offsets into the masked stream (the same
     text the final result holds). When secrets exist, the last ``len(longest secret) - 1`` characters are
-    held back until more output arrives, so a secret split across two reads is still masked."""
+    held back until more output arrives, so a secret split across two reads is still masked.
+    Each stored chunk is then passed to the ``listeners`` (live notifications register there)."""
+
+    listeners: list = []  # listener(execution_id, stream, offset, data)
 
     def __init__(self, execution_id: int, mask_values: list[str]) -> None:
         self.execution_id = execution_id
@@ -85,6 +88,8 @@ class LiveOutput:
         OutputChunk.objects.create(execution_id=self.execution_id, stream=stream, offset=offset, data=ready)
         self.offsets[stream] = offset + len(ready.encode())
         Execution.objects.filter(pk=self.execution_id).update(**{f"{stream}_size": self.offsets[stream]})
+        for listener in self.listeners:
+            listener(self.execution_id, stream, offset, ready)
 
 
 def execute(execution_id: int) -> str:

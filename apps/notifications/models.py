@@ -1,7 +1,10 @@
-"""The durable log behind live notifications.
+"""The notification log of the first design — no longer written.
 
-Durable before live: a change is written here (with a monotonically increasing id used as ``seq``),
-then pushed to WebSocket subscribers as a hint. A client that missed messages re-reads from its last seq.
+It stored one row per message and used the row id as ``seq``. Live notifications now write nothing to the
+database (a status change is already in ``Execution``, output in ``OutputChunk``): see
+apps/notifications/transport.py for where ``seq`` comes from, and docs/notifications.md. The model stays
+(and its admin page shows whatever old rows exist) until its table is dropped together with its uses in
+tests/factories.py and tests/test_admin.py.
 """
 from __future__ import annotations
 

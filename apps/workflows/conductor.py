@@ -160,6 +160,8 @@ def child_pending(child: Execution) -> None:
         if te.items_total is not None or te.execution_id != child.pk:
             return
         TaskExecution.objects.filter(pk=te.pk).update(status=T.PENDING, updated=timezone.now())
+        te.status = T.PENDING
+        _notify(te)
         if not TaskExecution.objects.filter(workflow_execution=wf, status__in=[T.READY, T.RUNNING]).exists():
             transition(execution, to=S.PENDING, from_=S.RUNNING)
 
@@ -271,6 +273,14 @@ def rerun_from(original: Execution, task_names: list[str], *, user=None) -> Exec
 
 # --- internals: tasks -----------------------------------------------------------------------------------
 
+def _notify(te: TaskExecution) -> None:
+    """Live notification of a task run's new state (``type: task`` on ``execution:<workflow id>``). Task rows
+    change with ``QuerySet.update()``, which sends no signal, so the conductor says so itself."""
+    from apps.notifications.services import task_changed
+
+    task_changed(te)
+
+
 def _locked_execution(execution_id: int) -> Execution:
     """The workflow's execution row, locked FOR NO KEY UPDATE: children inserted meanwhile (their ``parent``
     foreign key takes a key-share lock) do not wait on it. ``of=self``: PostgreSQL cannot lock the nullable
@@ -357,6 +367,7 @@ def _arrive(wf, execution, step: StepContext, name: str, source: TaskExecution |
         if not TaskExecution.objects.filter(pk=te.pk, status=T.WAITING).update(status=T.READY, updated=now):
             return  # canceled meanwhile
         te.status = T.READY
+        _notify(te)
     else:
         te = TaskExecution.objects.create(workflow_execution=wf, task_name=name, status=T.READY)
     if execution.status in STARTABLE and not wf.failing:
@@ -370,6 +381,7 @@ def _start_task(wf, execution, step: StepContext, te: TaskExecution) -> None:
     if not TaskExecution.objects.filter(pk=te.pk, status=T.READY).update(status=T.RUNNING, started_at=now, updated=now):
         return  # someone else started it
     te.status, te.started_at = T.RUNNING, now
+    _notify(te)
     if execution.status == S.PENDING:
         transition(execution, to=S.RUNNING, from_=S.PENDING)
     ctx = step.for_task(None)
@@ -576,6 +588,7 @@ def _end_task(te: TaskExecution, status: str, result: Any, error: str = "") -> b
         status=status, result=result, error=error, finished_at=now, updated=now)
     if won:
         te.status, te.result, te.error, te.finished_at = status, result, error, now
+        _notify(te)
     return bool(won)
 
 

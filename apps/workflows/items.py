@@ -82,10 +82,10 @@ def item_finished(child: Execution) -> bool:
     with transaction.atomic():
         row = (TaskExecution.objects.select_for_update(of=("self",)).filter(pk=child.task_execution_id)
                .values_list("workflow_execution_id", "task_name", "status", "items_total", "items_started",
-                            "items_done", "items_failed", "concurrency").first())
+                            "items_done", "items_failed", "concurrency", "attempt", "started_at").first())
         if row is None or row[2] not in (T.RUNNING, T.PENDING) or row[3] is None:
             raise LookupError(child.task_execution_id)
-        wf_id, name, _status, total, started, done, failed, concurrency = row
+        wf_id, name, status_now, total, started, done, failed, concurrency, attempt, started_at = row
         if not Execution.objects.filter(pk=child.pk, task_reported=False).update(task_reported=True):
             return False  # counted already
         execution_id, failing, status = (WorkflowExecution.objects.filter(pk=wf_id)
@@ -103,6 +103,13 @@ def item_finished(child: Execution) -> bool:
             started += room
         TaskExecution.objects.filter(pk=child.task_execution_id).update(
             items_done=done, items_failed=failed, items_started=started, updated=timezone.now())
+        if total <= 100 or done % (total // 100) == 0:  # progress: at most ~100 messages per task
+            from apps.notifications.services import task_changed
+
+            task_changed(TaskExecution(
+                pk=child.task_execution_id, workflow_execution_id=wf_id, task_name=name, status=status_now,
+                attempt=attempt, started_at=started_at, items_total=total, items_started=started, items_done=done,
+                items_failed=failed))
     return done >= total or (not startable and done >= started)
 
 

@@ -95,3 +95,27 @@ def test_unhandled_failure_fails_and_join(core):
     assert execution.status == "failed"
     assert execution.result["errors"][0]["task"] == "c"
     assert not TaskExecution.objects.filter(task_name="d", status="succeeded").exists()
+
+
+def test_task_changes_are_notified(core, monkeypatch):
+    """Task rows change with QuerySet.update(): the conductor publishes each change itself."""
+    import threading
+
+    from apps.notifications import services as notifications
+
+    seen, lock = [], threading.Lock()
+
+    def record(te):
+        with lock:
+            seen.append((te.task_name, te.status, te.items_done))
+
+    monkeypatch.setattr(notifications, "task_changed", record)
+    body = definition([
+        task("a", next=[{"when": None, "publish": {}, "do": ["each"]}]),
+        task("each", "core.noop", with_items="{{ [1, 2, 3] }}", concurrency=1),
+    ], ["a"])
+    assert run(wf_action("notified", body)).status == "succeeded"
+    assert ("a", "running", 0) in seen and ("a", "succeeded", 0) in seen
+    progress = [done for name, status, done in seen if name == "each" and status == "running"]
+    assert progress[-3:] == [1, 2, 3]  # one message per item (a task of <= 100 items)
+    assert seen[-1][:2] == ("each", "succeeded")

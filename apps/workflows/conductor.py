@@ -145,7 +145,6 @@ def child_finished(child: Execution) -> None:
         else:
             _single_finished(wf, execution, step, te, child)
         _maybe_finish(wf, execution, step)
-        _note_advance(wf)
 
 
 def child_pending(child: Execution) -> None:
@@ -284,27 +283,33 @@ def _notify(te: TaskExecution) -> None:
 def _locked_execution(execution_id: int) -> Execution:
     """The workflow's execution row, locked FOR NO KEY UPDATE: children inserted meanwhile (their ``parent``
     foreign key takes a key-share lock) do not wait on it. ``of=self``: PostgreSQL cannot lock the nullable
-    side of the outer joins to the action and the user."""
+    side of the outer joins to the action and the user. The parameters (a with-items list can be large) are
+    not read: :func:`_step` keeps them per workflow."""
     return (Execution.objects.select_for_update(no_key=True, of=("self",)).select_related("action", "started_by")
-            .get(pk=execution_id))
+            .defer("parameters", "secret_parameters").get(pk=execution_id))
 
 
 def _lock(te_id: int, statuses=None):
     """Lock in one order everywhere — the workflow's execution, then the task — so two steps of one
     workflow never deadlock. Returns (execution, workflow execution, task) or None."""
-    wf_id = TaskExecution.objects.filter(pk=te_id).values_list("workflow_execution_id", flat=True).first()
-    if wf_id is None:
+    from . import items
+
+    ids = (TaskExecution.objects.filter(pk=te_id)
+           .values_list("workflow_execution_id", "workflow_execution__execution_id").first())
+    if ids is None:
         return None
-    wf = WorkflowExecution.objects.get(pk=wf_id)
+    wf_id, execution_id = ids
     # NO KEY UPDATE: children inserted meanwhile (their `parent` key-share lock) do not wait on it.
-    execution = _locked_execution(wf.execution_id)
+    execution = _locked_execution(execution_id)
+    # Read after the lock, so `failing` is current; the definition is an immutable snapshot, cached.
+    wf = WorkflowExecution.objects.defer("definition").get(pk=wf_id)
+    wf.definition = items.definition(wf_id)
     queryset = TaskExecution.objects.select_for_update().defer("items", "result").filter(pk=te_id)
     if statuses is not None:
         queryset = queryset.filter(status__in=statuses)
     te = queryset.first()
     if te is None:
         return None
-    wf.refresh_from_db(fields=["failing", "errors"])
     return execution, wf, te
 
 
@@ -323,15 +328,34 @@ def _definition_of(execution: Execution) -> dict[str, Any]:
 
 
 def _step(wf: WorkflowExecution, execution: Execution) -> StepContext:
-    parameters, mask_values = full_parameters(execution)
-    step = StepContext(wf, execution, parameters, wf.definition)
+    """The step's context. What never changes for a workflow (its parameters and secrets, its pack's
+    configuration) is read once per process and kept, so a step does not re-read or re-parse it."""
+    from apps.executions.parameters import template_context
+
+    from .items import _LRU
+
+    global _statics
+    if _statics is None:
+        _statics = _LRU(256)
+    found = _statics.get(wf.pk)
+    if found is None:
+        source = execution
+        if {"parameters", "secret_parameters"} & execution.get_deferred_fields():
+            source = Execution.objects.only("parameters", "secret_parameters").get(pk=execution.pk)
+        parameters, mask_values = full_parameters(source)
+        pack, pack_secrets = None, []
+        if execution.action is not None:
+            ctx, kv = template_context(execution.action, execution.started_by)
+            pack, pack_secrets = ctx["pack"], list(kv.tracker.values)
+        found = (parameters, mask_values, pack, pack_secrets)
+        _statics.put(wf.pk, found)
+    parameters, mask_values, pack, pack_secrets = found
+    step = StepContext(wf, execution, parameters, wf.definition, pack=pack, pack_secrets=pack_secrets)
     step.mask_values = mask_values
     return step
 
 
-def _note_advance(wf: WorkflowExecution) -> None:
-    WorkflowExecution.objects.filter(pk=wf.pk).update(advance_count=F("advance_count") + 1,
-                                                       last_advanced_at=timezone.now())
+_statics = None
 
 
 def _inbound(definition: dict[str, Any], name: str) -> int:
@@ -838,7 +862,6 @@ def finalize_items(te_id: int) -> bool:
         elif te.items_done >= te.items_started and execution.status in STARTABLE and not wf.failing:
             _top_up(wf, execution, step, te)  # resumed meanwhile: start the rest
         _maybe_finish(wf, execution, step)
-        _note_advance(wf)
         return True
 
 
@@ -870,7 +893,6 @@ def start_due(te_id: int) -> bool:
         step = _step(wf, execution)
         _start_task(wf, execution, step, te)
         _maybe_finish(wf, execution, step)
-        _note_advance(wf)
         return True
 
 

@@ -157,15 +157,22 @@ def task_functions(te: TaskExecution | None, tasks: TasksScope) -> dict[str, Any
 class StepContext:
     """Everything one conductor step renders with; built once per step."""
 
-    def __init__(self, wf, execution, parameters: dict[str, Any], definition: dict[str, Any]) -> None:
+    def __init__(self, wf, execution, parameters: dict[str, Any], definition: dict[str, Any], *,
+                 pack: dict[str, Any] | None = None, pack_secrets: list[str] | None = None) -> None:
         from apps.executions.parameters import template_context
+        from apps.keys.templating import KV
 
         self.mask_values: list[str] = []
         self.vars = VarsScope(wf.pk)
         self.tasks = TasksScope(wf.pk, list(definition.get("tasks", {})))
         user = execution.started_by
         base = {}
-        if execution.action is not None:
+        if pack is not None:  # known already (conductor._step keeps it per workflow): a fresh kv only
+            self.kv = KV(pack=pack["ref"], user=getattr(user, "username", "") or "")
+            for value in pack_secrets or []:
+                self.kv.tracker.add(value)
+            base = {"kv": self.kv, "pack": pack}
+        elif execution.action is not None:
             base, self.kv = template_context(execution.action, user)
         else:
             self.kv = None

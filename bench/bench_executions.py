@@ -487,13 +487,22 @@ def start_production(args) -> System:
     db_name = "bench_" + secrets.token_hex(5)
     parts = urlsplit(db_url)
     bench_db_url = urlunsplit(parts._replace(path="/" + db_name))
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db_name}"')
-    # A private Redis database index, flushed before and after, so no earlier run's messages linger.
-    rparts = urlsplit(redis_url)
-    redis_index = random.randint(1, 15)
-    bench_redis_url = urlunsplit(rparts._replace(path=f"/{redis_index}"))
-    redis.Redis.from_url(bench_redis_url).flushdb()
+    db_created = False
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{db_name}"')
+        db_created = True
+        # A private Redis database index, flushed before and after, so no earlier run's messages linger.
+        rparts = urlsplit(redis_url)
+        redis_index = random.randint(1, 15)
+        bench_redis_url = urlunsplit(rparts._replace(path=f"/{redis_index}"))
+        redis.Redis.from_url(bench_redis_url).flushdb()
+    except BaseException:  # nothing started yet: remove what was made so far
+        if db_created:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        shutil.rmtree(home, ignore_errors=True)
+        raise
     env["ATTUNE_DATABASE_URL"] = bench_db_url
     env["ATTUNE_REDIS_URL"] = bench_redis_url
     env["ATTUNE_WORKER_PREFETCH"] = str(args.prefetch)
@@ -517,7 +526,8 @@ def start_production(args) -> System:
         wait_http(system)
         wait_workers(system, len(workers))
     except BaseException:
-        system.stop()
+        system.stop()  # processes, database, Redis index
+        shutil.rmtree(home, ignore_errors=True)
         raise
     return system
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,20 @@ def template_context(action, user=None, extra: dict[str, Any] | None = None) -> 
     return context, kv
 
 
+_validators: dict[str, Draft202012Validator] = {}
+
+
+def _validator(declared: dict[str, Any]) -> Draft202012Validator:
+    """One compiled validator per distinct parameter declaration (building one costs more than using it)."""
+    key = json.dumps(declared, sort_keys=True, default=str)
+    found = _validators.get(key)
+    if found is None:
+        if len(_validators) > 1024:
+            _validators.clear()
+        found = _validators[key] = Draft202012Validator(parameters_schema(declared))
+    return found
+
+
 def prepare(action, raw: Any, *, user=None, context: dict[str, Any] | None = None,
             secret_names: set[str] | frozenset[str] = frozenset(), mask_values: list[str] | None = None
             ) -> PreparedParameters:
@@ -93,7 +108,7 @@ def prepare(action, raw: Any, *, user=None, context: dict[str, Any] | None = Non
             values[name] = copy.deepcopy(spec["default"])
     known_values = {k: v for k, v in values.items() if k in declared}
     # Schema errors are reported too, not only unknown names; the unknown ones are left out of the check.
-    validator = Draft202012Validator(parameters_schema(declared))
+    validator = _validator(declared)
     for error in validator.iter_errors(known_values):
         if error.validator == "required":
             missing = error.message.split("'")[1] if "'" in error.message else "parameters"

@@ -303,7 +303,7 @@ def _lock(te_id: int, statuses=None):
     execution = _locked_execution(execution_id)
     # Read after the lock, so `failing` is current; the definition is an immutable snapshot, cached.
     wf = WorkflowExecution.objects.defer("definition").get(pk=wf_id)
-    wf.definition = items.definition(wf_id)
+    wf.definition = items.definition(wf_id, wf.created)
     queryset = TaskExecution.objects.select_for_update().defer("items", "result").filter(pk=te_id)
     if statuses is not None:
         queryset = queryset.filter(status__in=statuses)
@@ -337,7 +337,7 @@ def _step(wf: WorkflowExecution, execution: Execution) -> StepContext:
     global _statics
     if _statics is None:
         _statics = _LRU(256)
-    found = _statics.get(wf.pk)
+    found = _statics.get((wf.pk, wf.created))  # (see items.py: an id alone can be reused on SQLite)
     if found is None:
         source = execution
         if {"parameters", "secret_parameters"} & execution.get_deferred_fields():
@@ -348,7 +348,7 @@ def _step(wf: WorkflowExecution, execution: Execution) -> StepContext:
             ctx, kv = template_context(execution.action, execution.started_by)
             pack, pack_secrets = ctx["pack"], list(kv.tracker.values)
         found = (parameters, mask_values, pack, pack_secrets)
-        _statics.put(wf.pk, found)
+        _statics.put((wf.pk, wf.created), found)
     parameters, mask_values, pack, pack_secrets = found
     step = StepContext(wf, execution, parameters, wf.definition, pack=pack, pack_secrets=pack_secrets)
     step.mask_values = mask_values

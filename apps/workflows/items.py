@@ -49,16 +49,18 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
-_definitions: _LRU = _LRU(256)  # workflow execution id -> its definition snapshot (immutable)
-_owners: _LRU = _LRU(256)  # workflow execution id -> (execution id, user, mask values)
+# Keyed by (workflow execution id, its `created`): an id alone can come back on SQLite, where a rolled-back
+# insert returns its AUTOINCREMENT value, and then must not find the rolled-back workflow's entry.
+_definitions: _LRU = _LRU(256)  # -> the workflow's definition snapshot (immutable)
+_owners: _LRU = _LRU(256)  # -> (execution id, user, mask values)
 _actions: dict[str, tuple[float, Any]] = {}
 
 
-def definition(wf_id: int) -> dict[str, Any]:
-    found = _definitions.get(wf_id)
+def definition(wf_id: int, created) -> dict[str, Any]:
+    found = _definitions.get((wf_id, created))
     if found is None:
         found = WorkflowExecution.objects.filter(pk=wf_id).values_list("definition", flat=True).get()
-        _definitions.put(wf_id, found)
+        _definitions.put((wf_id, created), found)
     return found
 
 
@@ -88,8 +90,8 @@ def item_finished(child: Execution) -> bool:
         wf_id, name, status_now, total, started, done, failed, concurrency, attempt, started_at = row
         if not Execution.objects.filter(pk=child.pk, task_reported=False).update(task_reported=True):
             return False  # counted already
-        execution_id, failing, status = (WorkflowExecution.objects.filter(pk=wf_id)
-                                         .values_list("execution_id", "failing", "execution__status").get())
+        execution_id, failing, status, created = (WorkflowExecution.objects.filter(pk=wf_id).values_list(
+            "execution_id", "failing", "execution__status", "created").get())
         done += 1
         failed += child.status != S.SUCCEEDED
         startable = status in STARTABLE and not failing
@@ -99,7 +101,7 @@ def item_finished(child: Execution) -> bool:
             if concurrency:
                 room = min(room, concurrency - (started - done))
         if room > 0:
-            _launch(wf_id, execution_id, child.task_execution_id, name, range(started, started + room))
+            _launch((wf_id, created), execution_id, child.task_execution_id, name, range(started, started + room))
             started += room
         TaskExecution.objects.filter(pk=child.task_execution_id).update(
             items_done=done, items_failed=failed, items_started=started, updated=timezone.now())
@@ -113,13 +115,14 @@ def item_finished(child: Execution) -> bool:
     return done >= total or (not startable and done >= started)
 
 
-def _launch(wf_id: int, execution_id: int, te_id: int, name: str, indexes: range) -> None:
+def _launch(wf_key: tuple, execution_id: int, te_id: int, name: str, indexes: range) -> None:
     from .conductor import _failed_item_row, _render_input, _step
 
-    task = definition(wf_id)["tasks"][name]
+    wf_id = wf_key[0]
+    task = definition(*wf_key)["tasks"][name]
     template = task.get("input") or {}
     templated = contains_template(template)
-    owner = _owner(wf_id, execution_id)
+    owner = _owner(wf_key, execution_id)
     parent = Execution(pk=execution_id)
     try:
         act = action(task["action"])
@@ -171,16 +174,16 @@ def _secret_names(parameters: Any, mask_values: list[str]) -> set[str]:
     return names
 
 
-def _owner(wf_id: int, execution_id: int):
+def _owner(wf_key: tuple, execution_id: int):
     """(execution id, the user it runs as, its secret plaintexts to mask): fixed for the workflow's life."""
-    found = _owners.get(wf_id)
+    found = _owners.get(wf_key)
     if found is None:
         from apps.executions.parameters import full_parameters
 
         execution = Execution.objects.select_related("started_by").get(pk=execution_id)
         _, mask_values = full_parameters(execution)
         found = (execution_id, execution.started_by, mask_values)
-        _owners.put(wf_id, found)
+        _owners.put(wf_key, found)
     return found
 
 

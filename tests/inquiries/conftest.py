@@ -1,16 +1,14 @@
 """Inquiries run for real: the shipped core pack (core.ask), a Celery worker, clients per role."""
 from __future__ import annotations
 
-import time
-
 import pytest
 from rest_framework.test import APIClient
 
 from apps.accounts.models import PermissionAssignment, PermissionSet
 from apps.accounts.services import sync_builtin_sets
-from apps.executions.models import Execution
 from apps.packs.registrar import register_pack, shipped_pack_dirs
 from apps.packs.runtimes import sync_builtin_runtimes
+from tests.executions.conftest import wait_for  # noqa: F401  (used by the inquiry tests)
 from tests.factories import UserFactory
 
 API = "/api/v1"
@@ -37,17 +35,6 @@ def client_for(username: str, role: str | None = None, packs=None) -> APIClient:
     client.user = user
     return client
 
-
-def wait_for(execution_id: int, statuses, timeout: float = 30.0) -> Execution:
-    statuses = {statuses} if isinstance(statuses, str) else set(statuses)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        execution = Execution.objects.get(pk=execution_id)
-        if execution.status in statuses:
-            return execution
-        time.sleep(0.05)
-    raise AssertionError(f"execution {execution_id} is {execution.status}, not {sorted(statuses)} after {timeout}s "
-                         f"(result: {str(execution.result)[:500]})")
 
 
 def ask(client: APIClient, **parameters) -> dict:

@@ -186,7 +186,7 @@ ATTUNE_ALLOW_REGISTRATION = env_bool("ATTUNE_ALLOW_REGISTRATION", False)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "apps.accounts.authentication.JWTAuthentication",
         "apps.accounts.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
@@ -240,6 +240,9 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("ATTUNE_WORKER_PREFETCH", 4)
+# Task events (task-received/started/succeeded, for Flower) cost the worker a Redis publish per task state.
+# Off by default: Flower turns them on in the workers it watches (its --enable_events, on by default).
+ATTUNE_WORKER_EVENTS = env_bool("ATTUNE_WORKER_EVENTS", False)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -14,6 +14,8 @@ import ipaddress
 import re
 from typing import Any
 
+from apps.core.rows import insert
+
 from .models import AuditEvent
 
 REDACTED = "********"
@@ -78,7 +80,7 @@ def record(actor, action: str, obj: Any = None, request=None, *, actor_name: str
         object_ref = object_ref if object_ref is not None else object_ref_of(obj)
         if pack_ref is None:
             pack_ref = object_pack(obj)
-    return AuditEvent.objects.create(
+    return insert(AuditEvent(
         actor=user,
         actor_name=(actor_name if actor_name is not None else getattr(user, "username", "") or "")[:150],
         action=action,
@@ -87,7 +89,7 @@ def record(actor, action: str, obj: Any = None, request=None, *, actor_name: str
         pack_ref=pack_ref or "",
         details=sanitize(details),
         remote_addr=client_address(request),
-    )
+    ))
 
 
 def assignment_facts(assignment) -> dict[str, Any]:

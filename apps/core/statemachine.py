@@ -56,6 +56,14 @@ def on_transition(model: type, listener: Callable[[models.Model], None]) -> None
         _listeners[model].append(listener)
 
 
+def announce_transition(obj: models.Model) -> None:
+    """Tell the transition listeners about a status change made without :func:`transition`: a row inserted
+    directly in a later status (an execution no policy holds is inserted ``scheduled``), or a hand-written
+    claim (the worker's ``UPDATE ... RETURNING``)."""
+    for listener in _listeners.get(type(obj), ()):
+        listener(obj)
+
+
 def transition(
     obj: models.Model,
     *,

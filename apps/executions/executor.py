@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
-from apps.core.statemachine import transition
+from apps.core.rows import reader
+from apps.core.statemachine import announce_transition, transition
 from apps.core.statuses import ExecutionStatus
 from apps.packs.models import RuntimeKind
 
@@ -92,16 +93,46 @@ class LiveOutput:
             listener(self.execution_id, stream, offset, ready)
 
 
+_claim_sql: dict[str, str] = {}
+
+
+def claim(execution_id: int) -> Execution | None:
+    """``scheduled → running`` for this worker, returning the claimed row: one ``UPDATE ... RETURNING`` where
+    reading the row, then updating it conditionally, took two statements (and an ORM compilation). None when
+    the execution is not ``scheduled`` (already claimed by a redelivered message, cancelled, gone)."""
+    executions = reader(Execution, "e", write=True)
+    connection = connections[executions.using]
+    sql = _claim_sql.get(executions.using)
+    if sql is None:
+        qn = connection.ops.quote_name
+        column = {f.name: qn(f.column) for f in Execution._meta.concrete_fields}
+        returning = ", ".join(qn(f.column) for f in Execution._meta.concrete_fields)
+        sql = _claim_sql[executions.using] = (
+            f"UPDATE {executions.table} SET {column['status']} = %s, {column['started_at']} = %s, "
+            f"{column['worker']} = %s, {column['attempt']} = {column['attempt']} + 1, {column['updated']} = %s "
+            f"WHERE {column['id']} = %s AND {column['status']} = %s RETURNING {returning}"
+        )
+    now = timezone.now()
+    stamp = Execution._meta.get_field("started_at").get_db_prep_save(now, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [S.RUNNING, stamp, workers.current_worker_id(), stamp, execution_id, S.SCHEDULED])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    execution = executions.build(row)
+    announce_transition(execution)
+    return execution
+
+
 def execute(execution_id: int) -> str:
     close_old_connections()
-    execution = (
-        Execution.objects.select_related("action__pack", "action__runner_type").filter(pk=execution_id).first()
-    )
-    if execution is None or execution.status != S.SCHEDULED:
+    execution = claim(execution_id)
+    if execution is None:
         return "skipped"
-    if not transition(execution, to=S.RUNNING, from_=S.SCHEDULED, started_at=timezone.now(),
-                      worker_id=workers.current_worker_id(), attempt=execution.attempt + 1):
-        return "lost"
+    if execution.action_id is not None:
+        from apps.actions.selectors import action_with_runtime
+
+        execution._state.fields_cache["action"] = action_with_runtime(pk=execution.action_id)
     mask_values: list[str] = []
     try:
         outcome, mask_values = _run(execution)

@@ -524,5 +524,5 @@ def _describe(policy: Policy, now: datetime) -> dict[str, Any]:
 
 
 # Plug into the execution services: admission for new executions, release and retry on completion.
-services.register_admission(admit)
+services.register_admission(admit, applies=lambda action_id: action_id in actions_with_policies())
 services.on_finished(on_execution_finished)

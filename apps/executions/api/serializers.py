@@ -30,7 +30,10 @@ class ExecutionSerializer(CachedFieldsMixin, serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_children(self, obj) -> list[int]:
-        # The list view prefetches children ids; a detail read costs one query.
+        # The list view prefetches children ids; a detail read costs one query; a new execution has none.
+        known = getattr(obj, "children_ids", None)
+        if known is not None:
+            return list(known)
         return [child.pk for child in obj.children.all()]
 
     def get_queue_position(self, obj) -> int | None:

@@ -182,7 +182,8 @@ class Command(BaseCommand):
         connections.close_all()  # never share a database socket with forked pool children
         worker_shutdown.connect(lambda **_: presence.stop(), weak=False)
         app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(options["concurrency"]), "-P", options["pool"],
-                         "-l", os.environ.get("ATTUNE_LOG_LEVEL", "INFO"), "-E"])
+                         "-l", os.environ.get("ATTUNE_LOG_LEVEL", "INFO"),
+                         *(["-E"] if settings.ATTUNE_WORKER_EVENTS else [])])
 
     def cmd_scheduler(self, options) -> None:
         from apps.core.periodic import Ticker

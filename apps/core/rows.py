@@ -1,0 +1,113 @@
+"""Model instances from hand-written SQL, for the few statements that run once or more per execution.
+
+The ORM spends far more CPU compiling a query (joins, column lists, converters) than PostgreSQL spends running
+it; on the execution hot path (the ``execute`` request, the worker's claim) that compilation was the largest
+single cost. :class:`RowReader` does the part of the compiler that matters once per model and database
+connection — the column list and each column's value converters — so a statement can be written directly and
+its rows still come back as ordinary, fully typed model instances (JSON decoded, datetimes aware).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from django.db import connections, models, router
+from django.db.models import signals
+
+_readers: dict[tuple[type, str, str], RowReader] = {}
+_readers_lock = threading.Lock()
+
+
+class RowReader:
+    """Reads every concrete column of ``model`` (as ``alias.column``) and builds instances from the values."""
+
+    def __init__(self, model: type[models.Model], alias: str, using: str) -> None:
+        connection = connections[using]
+        qn = connection.ops.quote_name
+        self.model = model
+        self.using = using
+        self.fields = list(model._meta.concrete_fields)
+        self.attnames = [f.attname for f in self.fields]
+        self.columns = ", ".join(f"{alias}.{qn(f.column)}" for f in self.fields)
+        self.table = qn(model._meta.db_table)
+        self.width = len(self.fields)
+        self.converters: list[tuple[int, list, Any]] = []
+        for index, field in enumerate(self.fields):
+            col = field.get_col(alias)
+            found = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+            if found:
+                self.converters.append((index, found, col))
+
+    def build(self, values: tuple | list, offset: int = 0) -> models.Model:
+        """An instance from ``values[offset:offset + width]`` (rows of a join hold several models side by side)."""
+        row = list(values[offset:offset + self.width])
+        connection = connections[self.using]
+        for index, converters, col in self.converters:
+            value = row[index]
+            for converter in converters:
+                value = converter(value, col, connection)
+            row[index] = value
+        return self.model.from_db(self.using, self.attnames, row)
+
+
+def reader(model: type[models.Model], alias: str = "t", *, write: bool = False) -> RowReader:
+    """The cached :class:`RowReader` of ``model`` under table alias ``alias`` on its (read or write) database."""
+    using = router.db_for_write(model) if write else router.db_for_read(model)
+    key = (model, alias, using)
+    found = _readers.get(key)
+    if found is None:
+        with _readers_lock:
+            found = _readers.setdefault(key, RowReader(model, alias, using))
+    return found
+
+
+_by_pk_sql: dict[tuple[type, str], str] = {}
+
+
+def get_by_pk(model: type[models.Model], pk: Any) -> models.Model | None:
+    """``model.objects.filter(pk=pk).first()`` without the ORM's query compilation."""
+    rows = reader(model, "t")
+    sql = _by_pk_sql.get((model, rows.using))
+    if sql is None:
+        qn = connections[rows.using].ops.quote_name
+        sql = _by_pk_sql[(model, rows.using)] = (
+            f"SELECT {rows.columns} FROM {rows.table} t WHERE t.{qn(model._meta.pk.column)} = %s"
+        )
+    with connections[rows.using].cursor() as cursor:
+        cursor.execute(sql, [pk])
+        row = cursor.fetchone()
+    return rows.build(row) if row is not None else None
+
+
+_insert_sql: dict[tuple[type, str], tuple[str, list]] = {}
+
+
+def insert(obj: models.Model) -> models.Model:
+    """``obj.save()`` for a new row (``Model.objects.create``), as one hand-written ``INSERT ... RETURNING``:
+    field ``pre_save`` (auto_now) and database preparation are the ORM's own. A model with ``pre_save`` or
+    ``post_save`` receivers goes through ``save()``, so no receiver is ever skipped."""
+    model = type(obj)
+    if signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model):
+        obj.save(force_insert=True)
+        return obj
+    meta = model._meta
+    using = router.db_for_write(model, instance=obj)
+    connection = connections[using]
+    found = _insert_sql.get((model, using))
+    if found is None:
+        qn = connection.ops.quote_name
+        fields = [f for f in meta.concrete_fields if f is not meta.auto_field]
+        found = _insert_sql[(model, using)] = (
+            f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {qn(meta.pk.column)}",
+            fields,
+        )
+    sql, fields = found
+    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        pk = cursor.fetchone()[0]
+    setattr(obj, meta.pk.attname, pk)
+    obj._state.adding = False
+    obj._state.db = using
+    return obj

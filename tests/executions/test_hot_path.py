@@ -1,0 +1,137 @@
+"""The hand-written statements of the execution hot path return what the ORM would.
+
+``apps.core.rows`` (reader, get_by_pk, insert), ``apps.actions.selectors.action_with_runtime``, the worker's
+``claim``, direct scheduling of executions no policy concerns, ``represent`` of the 201 body, and the JWT
+user read.
+"""
+from __future__ import annotations
+
+import pytest
+from django.db.models.signals import post_save
+from django.utils import timezone
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework_simplejwt.tokens import AccessToken
+
+from apps.accounts.audit import record
+from apps.accounts.authentication import JWTAuthentication
+from apps.accounts.models import AuditEvent
+from apps.actions.models import Action
+from apps.actions.selectors import action_with_runtime
+from apps.core.rows import get_by_pk, insert
+from apps.executions import executor, services
+from apps.executions.api.serializers import ExecutionSerializer
+from apps.executions.models import Execution
+from tests.factories import ActionFactory, PolicyFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+FIELDS = [f.attname for f in Execution._meta.concrete_fields]
+
+
+def orm_values(model, pk):
+    obj = model.objects.get(pk=pk)
+    return {f.attname: getattr(obj, f.attname) for f in model._meta.concrete_fields}
+
+
+def test_get_by_pk_matches_the_orm_field_for_field():
+    action = ActionFactory(parameters={"n": {"type": "integer", "default": 3}}, tags=["a", "b"])
+    execution = services.create_execution(action, {"n": 4}, start=False)
+    Execution.objects.filter(pk=execution.pk).update(result={"data": [1, {"x": None}]}, started_at=timezone.now())
+    fast = get_by_pk(Execution, execution.pk)
+    assert {name: getattr(fast, name) for name in FIELDS} == orm_values(Execution, execution.pk)
+    assert fast.result == {"data": [1, {"x": None}]}  # JSON decoded, not text
+    assert fast.started_at.tzinfo is not None
+    assert get_by_pk(Execution, execution.pk + 10_000) is None
+
+
+def test_insert_writes_the_same_row_as_create():
+    action = ActionFactory()
+    user = UserFactory()
+    fast = insert(Execution(action=action, action_ref=action.ref, pack_ref=action.pack.ref, runner_type="shell",
+                            parameters={"message": "x"}, started_by=user, queue="attune"))
+    assert fast.pk is not None and fast._state.adding is False
+    stored = orm_values(Execution, fast.pk)
+    assert stored["parameters"] == {"message": "x"}
+    assert stored["started_by_id"] == user.pk
+    assert stored["created"] is not None and stored["status"] == "requested"
+    assert {name: getattr(fast, name) for name in FIELDS} == stored
+
+
+def test_insert_goes_through_save_when_a_receiver_listens():
+    seen = []
+
+    def receiver(sender, instance, created, **kwargs):
+        seen.append((instance.action, created))
+
+    post_save.connect(receiver, sender=AuditEvent, dispatch_uid="test_hot_path")
+    try:
+        record(None, "test.event", object_type="thing", object_ref="x")
+    finally:
+        post_save.disconnect(dispatch_uid="test_hot_path", sender=AuditEvent)
+    assert seen == [("test.event", True)]
+
+
+def test_action_with_runtime_by_ref_and_pk():
+    action = ActionFactory()
+    by_ref = action_with_runtime(ref=action.ref)
+    by_pk = action_with_runtime(pk=action.pk)
+    orm = Action.objects.select_related("pack", "runner_type").get(pk=action.pk)
+    for found in (by_ref, by_pk):
+        assert found.pk == action.pk and found.parameters == orm.parameters
+        assert found.pack.ref == orm.pack.ref and found.runner_type.kind == orm.runner_type.kind
+    assert action_with_runtime(ref="nope.nothing") is None
+    with pytest.raises(TypeError):
+        action_with_runtime(ref=action.ref, pk=action.pk)
+
+
+def test_an_execution_no_policy_concerns_is_inserted_scheduled(django_capture_on_commit_callbacks):
+    action = ActionFactory()
+    with django_capture_on_commit_callbacks() as callbacks:
+        execution = services.create_execution(action, {"message": "hi"})
+    assert execution.status == "scheduled" and execution.scheduled_at is not None
+    assert Execution.objects.get(pk=execution.pk).status == "scheduled"
+    assert callbacks  # the run message leaves after commit
+
+
+def test_an_execution_under_a_policy_still_goes_through_admission():
+    policy = PolicyFactory(threshold=1, on_limit="delay")
+    first = services.create_execution(policy.action, {"message": "1"})
+    second = services.create_execution(policy.action, {"message": "2"})
+    assert first.status == "scheduled"
+    assert Execution.objects.get(pk=second.pk).status == "delayed"
+
+
+def test_claim_is_conditional_and_counts_the_attempt():
+    action = ActionFactory()
+    execution = services.create_execution(action, {"message": "hi"})
+    claimed = executor.claim(execution.pk)
+    assert claimed is not None and claimed.status == "running" and claimed.attempt == execution.attempt + 1
+    assert claimed.started_at is not None
+    assert {name: getattr(claimed, name) for name in FIELDS} == orm_values(Execution, execution.pk)
+    assert executor.claim(execution.pk) is None  # a redelivered message finds it running
+
+
+def test_represent_is_the_serializer_output():
+    action = ActionFactory()
+    user = UserFactory()
+    execution = services.create_execution(action, {"message": "hi"}, user=user)
+    execution.children_ids = []
+    assert ExecutionSerializer.represent(execution) == ExecutionSerializer(execution).data
+    child = services.create_execution(action, {"message": "c"}, parent=execution)
+    fresh = Execution.objects.get(pk=execution.pk)
+    assert ExecutionSerializer.represent(fresh)["children"] == [child.pk]
+    assert ExecutionSerializer.represent(fresh) == ExecutionSerializer(fresh).data
+
+
+def test_jwt_user_read_checks_existence_and_activity():
+    user = UserFactory()
+    auth = JWTAuthentication()
+    token = auth.get_validated_token(str(AccessToken.for_user(user)).encode())
+    assert auth.get_user(token).pk == user.pk
+    user.is_active = False
+    user.save()
+    with pytest.raises(AuthenticationFailed, match="inactive"):
+        auth.get_user(token)
+    user.delete()
+    with pytest.raises(AuthenticationFailed, match="not found"):
+        auth.get_user(token)

@@ -72,5 +72,11 @@ try:  # describe the scheme in the OpenAPI document
                 "name": "Authorization",
                 "description": "Service-account API token: `Authorization: Token <value>`.",
             }
+    from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
+
+    class AttuneJWTScheme(SimpleJWTScheme):
+        """Our JWTAuthentication subclass is the same bearer scheme as simplejwt's (``jwtAuth``)."""
+
+        target_class = "apps.accounts.authentication.JWTAuthentication"
 except ImportError:  # pragma: no cover
     pass

@@ -14,19 +14,20 @@ from typing import Any
 from django.db import connections, models, router
 from django.db.models import signals
 
-_readers: dict[tuple[type, str, str], RowReader] = {}
+_readers: dict[tuple, RowReader] = {}
 _readers_lock = threading.Lock()
 
 
 class RowReader:
     """Reads every concrete column of ``model`` (as ``alias.column``) and builds instances from the values."""
 
-    def __init__(self, model: type[models.Model], alias: str, using: str) -> None:
+    def __init__(self, model: type[models.Model], alias: str, using: str, exclude: frozenset[str] = frozenset()) -> None:
         connection = connections[using]
         qn = connection.ops.quote_name
         self.model = model
         self.using = using
-        self.fields = list(model._meta.concrete_fields)
+        # Excluded fields are left deferred on the instances (read on first access), like QuerySet.defer().
+        self.fields = [f for f in model._meta.concrete_fields if f.name not in exclude or f.primary_key]
         self.attnames = [f.attname for f in self.fields]
         self.columns = ", ".join(f"{alias}.{qn(f.column)}" for f in self.fields)
         self.table = qn(model._meta.db_table)
@@ -50,15 +51,26 @@ class RowReader:
         return self.model.from_db(self.using, self.attnames, row)
 
 
-def reader(model: type[models.Model], alias: str = "t", *, write: bool = False) -> RowReader:
-    """The cached :class:`RowReader` of ``model`` under table alias ``alias`` on its (read or write) database."""
+def reader(model: type[models.Model], alias: str = "t", *, write: bool = False,
+           exclude: frozenset[str] = frozenset()) -> RowReader:
+    """The cached :class:`RowReader` of ``model`` under table alias ``alias`` on its (read or write) database,
+    leaving the fields named in ``exclude`` deferred."""
     using = router.db_for_write(model) if write else router.db_for_read(model)
-    key = (model, alias, using)
+    key = (model, alias, using, exclude)
     found = _readers.get(key)
     if found is None:
         with _readers_lock:
-            found = _readers.setdefault(key, RowReader(model, alias, using))
+            found = _readers.setdefault(key, RowReader(model, alias, using, exclude))
     return found
+
+
+def lock_clause(using: str, *, no_key: bool = False) -> str:
+    """`` FOR [NO KEY] UPDATE`` where the database has row locks (PostgreSQL); nothing on SQLite, whose write
+    transactions are serialised anyway."""
+    features = connections[using].features
+    if not features.has_select_for_update:
+        return ""
+    return " FOR NO KEY UPDATE" if no_key and features.has_select_for_no_key_update else " FOR UPDATE"
 
 
 _by_pk_sql: dict[tuple[type, str], str] = {}

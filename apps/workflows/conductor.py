@@ -24,11 +24,12 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import F
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
+from apps.core.rows import get_by_pk, lock_clause, reader
 from apps.core.statemachine import transition
 from apps.core.statuses import TERMINAL, ExecutionStatus, TaskStatus
 from apps.core.templating import TemplateError, render_condition, render_value
@@ -116,7 +117,9 @@ def child_finished(child: Execution) -> None:
         if locked is None:
             return
         execution, wf, te = locked
-        if not Execution.objects.filter(pk=child.pk, task_reported=False).update(task_reported=True):
+        from .items import mark_reported
+
+        if not mark_reported(child.pk):
             return  # already counted (a duplicate handler call, or the sweep got there first)
         if execution.is_terminal:
             # The workflow already ended (a paused or pending workflow is canceled at once): record how the
@@ -282,11 +285,39 @@ def _notify(te: TaskExecution) -> None:
 
 def _locked_execution(execution_id: int) -> Execution:
     """The workflow's execution row, locked FOR NO KEY UPDATE: children inserted meanwhile (their ``parent``
-    foreign key takes a key-share lock) do not wait on it. ``of=self``: PostgreSQL cannot lock the nullable
-    side of the outer joins to the action and the user. The parameters (a with-items list can be large) are
-    not read: :func:`_step` keeps them per workflow."""
-    return (Execution.objects.select_for_update(no_key=True, of=("self",)).select_related("action", "started_by")
-            .defer("parameters", "secret_parameters").get(pk=execution_id))
+    foreign key takes a key-share lock) do not wait on it. The parameters (a with-items list can be large) are
+    not read: :func:`_step` keeps them per workflow. Hand-written (every step of every workflow runs it); the
+    user who started it is loaded with it, the action on first use."""
+    return _read_execution(execution_id, lock=True)
+
+
+def _read_execution(execution_id: int, *, lock: bool = False) -> Execution:
+    rows = reader(Execution, "e", write=True, exclude=_DEFERRED_EXECUTION_FIELDS)
+    with connections[rows.using].cursor() as cursor:
+        cursor.execute(_sql("execution", lambda qn: (
+            f"SELECT {rows.columns} FROM {rows.table} e WHERE e.{qn('id')} = %s"
+        ), rows.using) + (lock_clause(rows.using, no_key=True) if lock else ""), [execution_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Execution.DoesNotExist(f"execution {execution_id} does not exist")
+    execution = rows.build(row)
+    if execution.started_by_id is not None:
+        from django.contrib.auth import get_user_model
+
+        execution._state.fields_cache["started_by"] = get_by_pk(get_user_model(), execution.started_by_id)
+    return execution
+
+
+_DEFERRED_EXECUTION_FIELDS = frozenset({"parameters", "secret_parameters"})
+_statements: dict[tuple[str, str], str] = {}
+
+
+def _sql(name: str, build, using: str) -> str:
+    """A hand-written statement of this module, built once per database alias (``build(quote_name)``)."""
+    found = _statements.get((name, using))
+    if found is None:
+        found = _statements[(name, using)] = build(connections[using].ops.quote_name)
+    return found
 
 
 def _lock(te_id: int, statuses=None):
@@ -294,23 +325,42 @@ def _lock(te_id: int, statuses=None):
     workflow never deadlock. Returns (execution, workflow execution, task) or None."""
     from . import items
 
-    ids = (TaskExecution.objects.filter(pk=te_id)
-           .values_list("workflow_execution_id", "workflow_execution__execution_id").first())
-    if ids is None:
+    wf_rows = reader(WorkflowExecution, "w", write=True, exclude=frozenset({"definition"}))
+    te_rows = reader(TaskExecution, "t", write=True, exclude=frozenset({"items", "result"}))
+    using = te_rows.using
+    with connections[using].cursor() as cursor:
+        cursor.execute(_sql("ids", lambda qn: (
+            f"SELECT t.{qn('workflow_execution_id')}, w.{qn('execution_id')} FROM {te_rows.table} t "
+            f"JOIN {wf_rows.table} w ON w.{qn('id')} = t.{qn('workflow_execution_id')} WHERE t.{qn('id')} = %s"
+        ), using), [te_id])
+        ids = cursor.fetchone()
+        if ids is None:
+            return None
+        wf_id, execution_id = ids
+        # NO KEY UPDATE: children inserted meanwhile (their `parent` key-share lock) do not wait on it.
+        execution = _locked_execution(execution_id)
+        # Read after the lock, so `failing` is current; the definition is an immutable snapshot, cached.
+        cursor.execute(_sql("wf", lambda qn: (
+            f"SELECT {wf_rows.columns} FROM {wf_rows.table} w WHERE w.{qn('id')} = %s"
+        ), using), [wf_id])
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        wf = wf_rows.build(row)
+        wf.definition = items.definition(wf_id, wf.created)
+        params: list[Any] = [te_id]
+        where = ""
+        if statuses is not None:
+            statuses = sorted(statuses)
+            where = f" AND t.{connections[using].ops.quote_name('status')} IN ({', '.join(['%s'] * len(statuses))})"
+            params += statuses
+        cursor.execute(_sql("te", lambda qn: (
+            f"SELECT {te_rows.columns} FROM {te_rows.table} t WHERE t.{qn('id')} = %s"
+        ), using) + where + lock_clause(using), params)
+        row = cursor.fetchone()
+    if row is None:
         return None
-    wf_id, execution_id = ids
-    # NO KEY UPDATE: children inserted meanwhile (their `parent` key-share lock) do not wait on it.
-    execution = _locked_execution(execution_id)
-    # Read after the lock, so `failing` is current; the definition is an immutable snapshot, cached.
-    wf = WorkflowExecution.objects.defer("definition").get(pk=wf_id)
-    wf.definition = items.definition(wf_id, wf.created)
-    queryset = TaskExecution.objects.select_for_update().defer("items", "result").filter(pk=te_id)
-    if statuses is not None:
-        queryset = queryset.filter(status__in=statuses)
-    te = queryset.first()
-    if te is None:
-        return None
-    return execution, wf, te
+    return execution, wf, te_rows.build(row)
 
 
 def _definition_of(execution: Execution) -> dict[str, Any]:
@@ -455,9 +505,9 @@ def _render_input(template: dict[str, Any], ctx: dict[str, Any]) -> dict[str, An
 
 
 def _action(ref: str):
-    from apps.actions.models import Action
+    from apps.actions.selectors import action_with_runtime
 
-    action = Action.objects.select_related("pack", "runner_type").filter(ref=ref).first()
+    action = action_with_runtime(ref=ref)
     if action is None:
         raise WorkflowError(f"action {ref} does not exist")
     return action

@@ -19,10 +19,11 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
+from apps.core.rows import lock_clause, reader
 from apps.core.statuses import ExecutionStatus, TaskStatus
 from apps.core.templating import TemplateError, contains_template
 from apps.executions import services as executions
@@ -80,39 +81,95 @@ def action(ref: str):
 def item_finished(child: Execution) -> bool:
     """Count ``child`` and start what its end makes room for. True when the caller must finalise the task
     (the last item is in, or the workflow stopped starting items and none is left in flight). False when
-    nothing more is to do. Raises LookupError when the task is not a running with-items task."""
+    nothing more is to do. Raises LookupError when the task is not a running with-items task.
+    Its statements are hand-written (``apps.core.rows``): they run once per item."""
+    te_id = child.task_execution_id
     with transaction.atomic():
-        row = (TaskExecution.objects.select_for_update(of=("self",)).filter(pk=child.task_execution_id)
-               .values_list("workflow_execution_id", "task_name", "status", "items_total", "items_started",
-                            "items_done", "items_failed", "concurrency", "attempt", "started_at").first())
-        if row is None or row[2] not in (T.RUNNING, T.PENDING) or row[3] is None:
-            raise LookupError(child.task_execution_id)
-        wf_id, name, status_now, total, started, done, failed, concurrency, attempt, started_at = row
-        if not Execution.objects.filter(pk=child.pk, task_reported=False).update(task_reported=True):
+        te = _locked_counters(te_id)
+        if te is None or te.status not in (T.RUNNING, T.PENDING) or te.items_total is None:
+            raise LookupError(te_id)
+        if not mark_reported(child.pk):
             return False  # counted already
-        execution_id, failing, status, created = (WorkflowExecution.objects.filter(pk=wf_id).values_list(
-            "execution_id", "failing", "execution__status", "created").get())
-        done += 1
-        failed += child.status != S.SUCCEEDED
-        startable = status in STARTABLE and not failing
+        wf_id, name, total, started, concurrency = (te.workflow_execution_id, te.task_name, te.items_total,
+                                                    te.items_started, te.concurrency)
+        wf, status = _workflow_and_status(wf_id)
+        done = te.items_done + 1
+        failed = te.items_failed + (child.status != S.SUCCEEDED)
+        startable = status in STARTABLE and not wf.failing
         room = 0
         if startable and started < total:
             room = total - started
             if concurrency:
                 room = min(room, concurrency - (started - done))
         if room > 0:
-            _launch((wf_id, created), execution_id, child.task_execution_id, name, range(started, started + room))
+            _launch((wf_id, wf.created), wf.execution_id, te_id, name, range(started, started + room))
             started += room
-        TaskExecution.objects.filter(pk=child.task_execution_id).update(
-            items_done=done, items_failed=failed, items_started=started, updated=timezone.now())
+        _save_counters(te_id, done, failed, started)
         if total <= 100 or done % (total // 100) == 0:  # progress: at most ~100 messages per task
             from apps.notifications.services import task_changed
 
-            task_changed(TaskExecution(
-                pk=child.task_execution_id, workflow_execution_id=wf_id, task_name=name, status=status_now,
-                attempt=attempt, started_at=started_at, items_total=total, items_started=started, items_done=done,
-                items_failed=failed))
+            te.items_done, te.items_failed, te.items_started = done, failed, started
+            task_changed(te)
     return done >= total or (not startable and done >= started)
+
+
+_statements: dict[tuple[str, str], str] = {}
+_TE_HEAVY = frozenset({"items", "result", "input", "published"})
+_WF_HEAVY = frozenset({"definition", "vars", "output", "errors", "start_tasks"})
+
+
+def _statement(name: str, using: str, build) -> str:
+    found = _statements.get((name, using))
+    if found is None:
+        found = _statements[(name, using)] = build(connections[using].ops.quote_name)
+    return found
+
+
+def _locked_counters(te_id: int) -> TaskExecution | None:
+    """The task row without its item list, results, input or published values, locked FOR UPDATE."""
+    rows = reader(TaskExecution, "t", write=True, exclude=_TE_HEAVY)
+    with connections[rows.using].cursor() as cursor:
+        cursor.execute(_statement("te", rows.using, lambda qn: (
+            f"SELECT {rows.columns} FROM {rows.table} t WHERE t.{qn('id')} = %s{lock_clause(rows.using)}"
+        )), [te_id])
+        row = cursor.fetchone()
+    return rows.build(row) if row is not None else None
+
+
+def mark_reported(execution_id: int) -> bool:
+    """The child's end is counted exactly once: True for the one caller that flips ``task_reported``."""
+    using = router.db_for_write(Execution)
+    with connections[using].cursor() as cursor:
+        cursor.execute(_statement("reported", using, lambda qn: (
+            f"UPDATE {qn(Execution._meta.db_table)} SET {qn('task_reported')} = %s "
+            f"WHERE {qn('id')} = %s AND {qn('task_reported')} = %s"
+        )), [True, execution_id, False])
+        return cursor.rowcount == 1
+
+
+def _workflow_and_status(wf_id: int) -> tuple[WorkflowExecution, str]:
+    """The workflow execution row (without its definition or variables) and its execution's status."""
+    rows = reader(WorkflowExecution, "w", write=True, exclude=_WF_HEAVY)
+    with connections[rows.using].cursor() as cursor:
+        cursor.execute(_statement("wf", rows.using, lambda qn: (
+            f"SELECT {rows.columns}, e.{qn('status')} FROM {rows.table} w "
+            f"JOIN {qn(Execution._meta.db_table)} e ON e.{qn('id')} = w.{qn('execution_id')} WHERE w.{qn('id')} = %s"
+        )), [wf_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise WorkflowExecution.DoesNotExist(wf_id)
+    return rows.build(row), row[rows.width]
+
+
+def _save_counters(te_id: int, done: int, failed: int, started: int) -> None:
+    using = router.db_for_write(TaskExecution)
+    connection = connections[using]
+    now = TaskExecution._meta.get_field("updated").get_db_prep_save(timezone.now(), connection)
+    with connection.cursor() as cursor:
+        cursor.execute(_statement("counters", using, lambda qn: (
+            f"UPDATE {qn(TaskExecution._meta.db_table)} SET {qn('items_done')} = %s, {qn('items_failed')} = %s, "
+            f"{qn('items_started')} = %s, {qn('updated')} = %s WHERE {qn('id')} = %s"
+        )), [done, failed, started, now, te_id])
 
 
 def _launch(wf_key: tuple, execution_id: int, te_id: int, name: str, indexes: range) -> None:
@@ -132,9 +189,11 @@ def _launch(wf_key: tuple, execution_id: int, te_id: int, name: str, indexes: ra
         return
     base = None
     if templated:
-        wf = WorkflowExecution.objects.get(pk=wf_id)
-        execution = Execution.objects.select_related("action", "started_by").get(pk=execution_id)
-        step = _step(wf, execution)
+        from .conductor import _read_execution
+
+        wf, _ = _workflow_and_status(wf_id)
+        wf.definition = definition(*wf_key)
+        step = _step(wf, _read_execution(execution_id))
         base = step.for_task(None)
     batched = bool(task.get("batch_size"))
     timeout = int(task["timeout"]) if task.get("timeout") else None

@@ -277,6 +277,10 @@ ATTUNE_OUTPUT_FLUSH_SECONDS = float(env_str("ATTUNE_OUTPUT_FLUSH_SECONDS", "0.5"
 ATTUNE_KILL_GRACE_SECONDS = float(env_str("ATTUNE_KILL_GRACE_SECONDS", "5"))
 # A `scheduled` execution no worker claimed for this long is dispatched again (a lost message).
 ATTUNE_REQUEUE_SECONDS = env_int("ATTUNE_REQUEUE_SECONDS", 120)
+# A worker runs the next execution of a sequence (chain task, with-items item) on the same queue itself,
+# up to this many in a row / for this long, instead of a broker round trip (apps/executions/inline.py).
+ATTUNE_INLINE_MAX_RUNS = env_int("ATTUNE_INLINE_MAX_RUNS", 500)
+ATTUNE_INLINE_MAX_SECONDS = float(env_str("ATTUNE_INLINE_MAX_SECONDS", "2"))
 # An event still unmatched this long after it arrived is dispatched to matching again.
 ATTUNE_EVENT_REDISPATCH_SECONDS = env_int("ATTUNE_EVENT_REDISPATCH_SECONDS", 300)
 

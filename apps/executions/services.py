@@ -18,6 +18,7 @@ from apps.core.statemachine import announce_transition, transition
 from apps.core.statuses import TERMINAL, ExecutionStatus
 from attune.celery import app as celery_app
 
+from .inline import offer
 from .models import Execution
 from .parameters import REDACTED, full_parameters, prepare
 
@@ -180,14 +181,23 @@ def _dispatch_after_commit(execution_id: int, queue: str) -> None:
     outbox[1].append((execution_id, queue))
 
 
-def dispatch(execution_id: int, queue: str) -> None:
+def dispatch(execution_id: int, queue: str, *, inline: bool = True) -> None:
+    """Publish the run message of a committed ``scheduled`` execution (or, on a worker running an execution
+    of the same queue, keep it to run next on that thread: :mod:`apps.executions.inline`)."""
+    queue = queue or DEFAULT_QUEUE
+    if inline and offer(execution_id, queue):
+        return
     # ignore_result: the outcome lives in the row; without it the Redis backend subscribes per message.
-    celery_app.send_task(RUN_TASK, args=[execution_id], queue=queue or DEFAULT_QUEUE, ignore_result=True)
+    celery_app.send_task(RUN_TASK, args=[execution_id], queue=queue, ignore_result=True)
 
 
-def dispatch_many(batch: list[tuple[int, str]]) -> None:
+def dispatch_many(batch: list[tuple[int, str]], *, inline: bool = True) -> None:
+    if inline and batch and offer(batch[0][0], batch[0][1] or DEFAULT_QUEUE):
+        batch = batch[1:]
+    if not batch:
+        return
     if len(batch) == 1:
-        dispatch(*batch[0])
+        dispatch(*batch[0], inline=False)
         return
     with celery_app.producer_or_acquire() as producer:
         for execution_id, queue in batch:

@@ -65,6 +65,10 @@ def definition(wf_id: int, created) -> dict[str, Any]:
     return found
 
 
+def forget_actions(**_) -> None:
+    _actions.clear()
+
+
 def action(ref: str):
     """The action of a task, cached for a few seconds (an edit is seen by items started after that)."""
     from .conductor import _action
@@ -85,14 +89,14 @@ def item_finished(child: Execution) -> bool:
     Its statements are hand-written (``apps.core.rows``): they run once per item."""
     te_id = child.task_execution_id
     with transaction.atomic():
-        te = _locked_counters(te_id)
-        if te is None or te.status not in (T.RUNNING, T.PENDING) or te.items_total is None:
+        locked = _locked_counters(te_id)
+        if locked is None or locked[0].status not in (T.RUNNING, T.PENDING) or locked[0].items_total is None:
             raise LookupError(te_id)
+        te, wf, status = locked
         if not mark_reported(child.pk):
             return False  # counted already
         wf_id, name, total, started, concurrency = (te.workflow_execution_id, te.task_name, te.items_total,
                                                     te.items_started, te.concurrency)
-        wf, status = _workflow_and_status(wf_id)
         done = te.items_done + 1
         failed = te.items_failed + (child.status != S.SUCCEEDED)
         startable = status in STARTABLE and not wf.failing
@@ -125,15 +129,27 @@ def _statement(name: str, using: str, build) -> str:
     return found
 
 
-def _locked_counters(te_id: int) -> TaskExecution | None:
-    """The task row without its item list, results, input or published values, locked FOR UPDATE."""
-    rows = reader(TaskExecution, "t", write=True, exclude=_TE_HEAVY)
-    with connections[rows.using].cursor() as cursor:
-        cursor.execute(_statement("te", rows.using, lambda qn: (
-            f"SELECT {rows.columns} FROM {rows.table} t WHERE t.{qn('id')} = %s{lock_clause(rows.using)}"
+def _locked_counters(te_id: int) -> tuple[TaskExecution, WorkflowExecution, str] | None:
+    """The task row (without its item list, results, input or published values) locked FOR UPDATE, its
+    workflow execution row (without definition or variables) and the workflow's execution status, in one
+    statement: every item's end waits for this task's lock, so the fewer round trips while it is held, the
+    more items per second a task can count."""
+    te_rows = reader(TaskExecution, "t", write=True, exclude=_TE_HEAVY)
+    wf_rows = reader(WorkflowExecution, "w", write=True, exclude=_WF_HEAVY)
+    using = te_rows.using
+    features = connections[using].features
+    with connections[using].cursor() as cursor:
+        cursor.execute(_statement("te", using, lambda qn: (
+            f"SELECT {te_rows.columns}, {wf_rows.columns}, e.{qn('status')} FROM {te_rows.table} t "
+            f"JOIN {wf_rows.table} w ON w.{qn('id')} = t.{qn('workflow_execution_id')} "
+            f"JOIN {qn(Execution._meta.db_table)} e ON e.{qn('id')} = w.{qn('execution_id')} "
+            f"WHERE t.{qn('id')} = %s"
+            + (" FOR UPDATE OF t" if features.has_select_for_update_of else lock_clause(using))
         )), [te_id])
         row = cursor.fetchone()
-    return rows.build(row) if row is not None else None
+    if row is None:
+        return None
+    return te_rows.build(row), wf_rows.build(row, te_rows.width), row[te_rows.width + wf_rows.width]
 
 
 def mark_reported(execution_id: int) -> bool:

@@ -38,6 +38,11 @@ class RowReader:
             found = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
             if found:
                 self.converters.append((index, found, col))
+        # Model.__init__ (per-field setattr, pre_init/post_init signals) was the largest part of building an
+        # instance. A model nothing listens on for those signals, and that does not override __init__, is
+        # built the way Model.__init__ would leave it: its state, and the column values in its __dict__.
+        self.fast = (model.__init__ is models.Model.__init__
+                     and not signals.pre_init.has_listeners(model) and not signals.post_init.has_listeners(model))
 
     def build(self, values: tuple | list, offset: int = 0) -> models.Model:
         """An instance from ``values[offset:offset + width]`` (rows of a join hold several models side by side)."""
@@ -48,7 +53,14 @@ class RowReader:
             for converter in converters:
                 value = converter(value, col, connection)
             row[index] = value
-        return self.model.from_db(self.using, self.attnames, row)
+        if not self.fast:
+            return self.model.from_db(self.using, self.attnames, row)
+        instance = self.model.__new__(self.model)
+        state = instance._state = models.base.ModelState()
+        state.adding = False
+        state.db = self.using
+        instance.__dict__.update(zip(self.attnames, row))
+        return instance
 
 
 def reader(model: type[models.Model], alias: str = "t", *, write: bool = False,

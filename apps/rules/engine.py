@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from dataclasses import asdict
 from typing import Any
 
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Max
 from django.utils import timezone
@@ -83,28 +86,64 @@ class RuleIndex:
         return found
 
 
-_cache: dict[int, tuple[tuple, RuleIndex]] = {}
+_cache: dict[int, tuple[Any, tuple, float, RuleIndex]] = {}  # trigger id -> (generation, stamp, checked, index)
 _cache_lock = threading.Lock()
+GENERATION_KEY = "rules:index-generation"
+RECHECK_SECONDS = 5.0
 
 
-def rules_for(trigger_id: int) -> RuleIndex:
-    # Revalidated per event with one aggregate: a change to a rule, its action, its action's pack (config)
-    # or its owner (deactivated, new grants are read live) drops the cached index.
+def rules_changed(**_) -> None:
+    """A rule, action, pack, user or trigger was saved or deleted: every process's cached rule indexes are
+    revalidated on their next event (a new generation in the shared cache, written once the change commits)."""
+    transaction.on_commit(_new_generation)
+
+
+def _new_generation() -> None:
+    try:
+        cache.set(GENERATION_KEY, uuid.uuid4().hex, timeout=None)
+    except Exception:  # the cache is down: the stamp check below still runs every RECHECK_SECONDS
+        log.warning("could not publish a new rule index generation", exc_info=True)
+
+
+def _generation() -> Any:
+    try:
+        return cache.get(GENERATION_KEY)
+    except Exception:
+        return None
+
+
+def _stamp(trigger_id: int) -> tuple:
     stamp_row = Rule.objects.filter(trigger_id=trigger_id).aggregate(
         n=Count("id"), latest=Max("updated"), action_at=Max("action__updated"), pack_at=Max("action__pack__updated"),
         owner_at=Max("owner__updated"), trigger_at=Max("trigger__updated"))
-    stamp = tuple(stamp_row[k] for k in ("n", "latest", "action_at", "pack_at", "owner_at", "trigger_at"))
+    return tuple(stamp_row[k] for k in ("n", "latest", "action_at", "pack_at", "owner_at", "trigger_at"))
+
+
+def rules_for(trigger_id: int) -> RuleIndex:
+    """The enabled rules of a trigger, indexed, cached per process.
+
+    Valid while the shared generation (bumped after every committed save or delete of a rule, action, pack,
+    user or trigger: one cache read per event) is the one the index was checked under, and at most
+    RECHECK_SECONDS old. Otherwise one aggregate over the trigger's rules (count and latest ``updated`` of the
+    rules, their actions, packs, owners and the trigger) decides whether to rebuild, which also catches
+    changes made without ``save()``."""
+    generation = _generation()
+    now = time.monotonic()
     with _cache_lock:
         cached = _cache.get(trigger_id)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-    index = RuleIndex(list(
-        Rule.objects.filter(trigger_id=trigger_id, enabled=True)
-        .select_related("pack", "action__pack", "action__runner_type", "owner", "trigger")
-        .order_by("id")
-    ))
+    if cached is not None and generation is not None and cached[0] == generation and now - cached[2] < RECHECK_SECONDS:
+        return cached[3]
+    stamp = _stamp(trigger_id)
+    if cached is not None and cached[1] == stamp:
+        index = cached[3]
+    else:
+        index = RuleIndex(list(
+            Rule.objects.filter(trigger_id=trigger_id, enabled=True)
+            .select_related("pack", "action__pack", "action__runner_type", "owner", "trigger")
+            .order_by("id")
+        ))
     with _cache_lock:
-        _cache[trigger_id] = (stamp, index)
+        _cache[trigger_id] = (generation, stamp, now, index)
     return index
 
 

@@ -44,6 +44,34 @@ def test_get_by_pk_matches_the_orm_field_for_field():
     assert get_by_pk(Execution, execution.pk + 10_000) is None
 
 
+def test_fast_build_leaves_the_instance_as_the_orm_does():
+    """RowReader builds instances without Model.__init__: same field values, state, deferral and saving."""
+    from apps.core.rows import reader
+
+    action = ActionFactory(parameters={"n": {"type": "integer"}})
+    execution = services.create_execution(action, {"n": 1}, start=False)
+    rows = reader(Execution, "e", exclude=frozenset({"parameters"}))
+    assert rows.fast
+    fast = get_by_pk(Execution, execution.pk)
+    orm = Execution.objects.get(pk=execution.pk)
+    assert {k: v for k, v in vars(fast).items() if k != "_state"} == \
+        {k: v for k, v in vars(orm).items() if k != "_state"}
+    assert (fast._state.adding, fast._state.db) == (False, orm._state.db)
+    assert fast == orm and hash(fast) == hash(orm)
+    assert fast.action.ref == action.ref  # relations load as usual
+    deferred = reader(Execution, "e", write=True, exclude=frozenset({"parameters"}))
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {deferred.columns} FROM {deferred.table} e WHERE e.id = %s", [execution.pk])
+        partial = deferred.build(cursor.fetchone())
+    assert partial.get_deferred_fields() == {"parameters"}
+    assert partial.parameters == orm.parameters  # read on first access, like QuerySet.defer()
+    partial.status = "canceled"
+    partial.save(update_fields=["status"])
+    assert Execution.objects.get(pk=execution.pk).status == "canceled"
+
+
 def test_insert_writes_the_same_row_as_create():
     action = ActionFactory()
     user = UserFactory()

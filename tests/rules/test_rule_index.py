@@ -67,3 +67,63 @@ def test_stale_events_are_re_sent_at_most_once_per_period(db, monkeypatch):
     assert recovery.redispatch_stale_events(older_than=60) == 1
     assert recovery.redispatch_stale_events(older_than=60) == 0  # not again within the period
     assert sent == [old.pk]
+
+
+# --- the per-process cache of rule indexes (engine.rules_for) ---------------------------------------------
+
+import pytest  # noqa: E402
+
+from apps.rules import engine  # noqa: E402
+from tests.factories import RuleFactory  # noqa: E402
+
+
+@pytest.fixture
+def fresh_cache():
+    engine._cache.clear()
+    yield
+    engine._cache.clear()
+
+
+@pytest.mark.django_db
+def test_cached_index_costs_no_query_until_something_changes(fresh_cache, django_assert_num_queries,
+                                                             django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        first = RuleFactory()
+    trigger_id = first.trigger_id
+    assert [r.pk for r in engine.rules_for(trigger_id).rules] == [first.pk]
+    with django_assert_num_queries(0):  # the shared generation is unchanged: no aggregate, no rebuild
+        engine.rules_for(trigger_id)
+    with django_capture_on_commit_callbacks(execute=True):  # a save publishes a new generation on commit
+        second = RuleFactory(trigger=first.trigger, pack=first.pack, action=first.action)
+    assert [r.pk for r in engine.rules_for(trigger_id).rules] == [first.pk, second.pk]
+    with django_capture_on_commit_callbacks(execute=True):
+        first.enabled = False
+        first.save()
+    assert [r.pk for r in engine.rules_for(trigger_id).rules] == [second.pk]
+
+
+@pytest.mark.django_db
+def test_changes_made_without_save_are_seen_after_the_recheck_interval(fresh_cache, monkeypatch,
+                                                                      django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        rule = RuleFactory()
+    engine.rules_for(rule.trigger_id)
+    from django.utils import timezone
+
+    Rule.objects.filter(pk=rule.pk).update(enabled=False, updated=timezone.now())  # no signal
+    assert [r.pk for r in engine.rules_for(rule.trigger_id).rules] == [rule.pk]  # within the interval
+    monkeypatch.setattr(engine, "RECHECK_SECONDS", 0.0)
+    assert engine.rules_for(rule.trigger_id).rules == []
+
+
+@pytest.mark.django_db
+def test_without_the_shared_generation_every_event_checks_the_stamp(fresh_cache, django_assert_num_queries,
+                                                                    django_capture_on_commit_callbacks):
+    from django.core.cache import cache
+
+    with django_capture_on_commit_callbacks(execute=True):
+        rule = RuleFactory()
+    engine.rules_for(rule.trigger_id)
+    cache.delete(engine.GENERATION_KEY)  # evicted, or the cache is down
+    with django_assert_num_queries(1):  # the aggregate only: same stamp, the index is kept
+        assert [r.pk for r in engine.rules_for(rule.trigger_id).rules] == [rule.pk]

@@ -41,7 +41,8 @@ def ops_pack(tmp_path):
         runner_type: workflow
         entry_point: workflows/deploy.yaml
     """)
-    write(root, "actions/workflows/deploy.yaml", "version: 1.0\ntasks:\n  - name: a\n    action: ops.restart\n    input: {unit: web}\n")
+    write(root, "actions/workflows/deploy.yaml",
+          "version: 1.0\ntasks:\n  - name: a\n    action: ops.restart\n    input: {unit: web}\n")
     write(root, "triggers/alert.yaml", "name: alert\npayload_schema: {type: object}\n")
     write(root, "rules/on_alert.yaml", """
         name: on_alert

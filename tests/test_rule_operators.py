@@ -15,6 +15,7 @@ from apps.rules.operators import (
     CriterionResult,
     OperatorError,
     all_matched,
+    criteria_match,
     evaluate,
     evaluate_criteria,
     lookup,
@@ -230,6 +231,7 @@ def test_operator_table(name, value, pattern, expected):
     [result] = evaluate_criteria({"payload.v": criterion}, {"payload": {"v": value}})
     assert (result.matched, result.error) == (expected, None)
     assert (result.key, result.type, result.value) == ("payload.v", name, value)
+    assert criteria_match({"payload.v": criterion}, {"payload": {"v": value}}) is expected  # the engine's hot path
 
 
 @pytest.mark.parametrize("name", ["EQ", "Equals", "IRegex", "GT"])
@@ -255,6 +257,7 @@ def test_missing_key_fails_every_operator_but_nexists(name):
     for context in ({"payload": {"other": 1}}, {"payload": {}}, {}, {"payload": [1, 2]}, {"payload": "text"}):
         [result] = evaluate_criteria({"payload.absent.deeper": criterion}, context)
         assert result.matched is (op == "nexists"), (name, context)
+        assert criteria_match({"payload.absent.deeper": criterion}, context) is (op == "nexists")
         assert result.value is None
         assert result.error == (None if op in NO_PATTERN else "key not found")
     assert evaluate(name, MISSING, pattern, criterion) is (op == "nexists")
@@ -312,6 +315,8 @@ def test_type_mismatch_or_bad_pattern_is_an_error_not_an_exception(name, value, 
     [result] = evaluate_criteria({"payload.v": {"type": name, "pattern": pattern, "condition": "any"}}, {"payload": {"v": value}})
     assert result.matched is False
     assert message in result.error
+    assert criteria_match({"payload.v": {"type": name, "pattern": pattern, "condition": "any"}},
+                          {"payload": {"v": value}}) is False
     with pytest.raises(OperatorError, match=".+"):
         evaluate(name, value, pattern, {"condition": "any"})
 

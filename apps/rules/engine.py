@@ -32,7 +32,7 @@ from apps.executions.parameters import ParameterError
 from apps.triggers.models import Event, EventStatus
 
 from .models import Enforcement, Rule
-from .operators import MISSING, all_matched, evaluate_criteria, lookup
+from .operators import MISSING, all_matched, criteria_match, evaluate_criteria, lookup
 
 log = logging.getLogger("attune.rules")
 
@@ -191,6 +191,8 @@ def evaluate(rule: Rule, payload: Any, event: dict[str, Any], *, context: dict[s
     def render(value):
         return render_value(value, full_context()) if contains_template(value) else value
 
+    if not detailed and not criteria_match(rule.criteria or {}, context, render):
+        return {"matched": False, "error": None}
     results = evaluate_criteria(rule.criteria or {}, context, render, stop_at_miss=not detailed)
     matched = all_matched(results)
     if not matched and not detailed:

@@ -113,6 +113,11 @@ class CriterionResult:
 _BRACKET_INDEX = re.compile(r"\[(\d+)\]")
 
 
+@lru_cache(maxsize=8192)
+def _split_cached(dotted_key: str) -> tuple[str, ...]:
+    return tuple(_split(dotted_key))
+
+
 def _split(dotted_key: str) -> list[str]:
     key = dotted_key.split("#", 1)[0]
     if "[" in key:
@@ -463,6 +468,23 @@ def evaluate_criteria(
         if stop_at_miss and not matched:
             break
     return results
+
+
+def criteria_match(criteria: dict | None, context: dict, render: Callable[[Any], Any] | None = None) -> bool:
+    """Whether every criterion matches: the same verdict as ``all_matched(evaluate_criteria(...))`` without
+    building per-criterion records (a criterion that errs does not match). The rule engine asks this of
+    every candidate rule of an event, and builds the records only for the rules that match."""
+    for key, criterion in (criteria or {}).items():
+        if not isinstance(criterion, dict):
+            return False
+        try:
+            op = _canonical(criterion.get("type"))
+            value = _walk(context, list(_split_cached(key))) if isinstance(key, str) else MISSING
+            if not _match(op, value, _prepared(op, criterion, render), criterion)[0]:
+                return False
+        except Exception:  # an error is a miss here; the detailed evaluation reports it
+            return False
+    return True
 
 
 def all_matched(results: Iterable[CriterionResult]) -> bool:

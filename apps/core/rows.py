@@ -135,3 +135,32 @@ def insert(obj: models.Model) -> models.Model:
     obj._state.adding = False
     obj._state.db = using
     return obj
+
+
+_update_sql: dict[tuple, tuple[str, list]] = {}
+
+
+def update(obj: models.Model, fields: tuple[str, ...]) -> None:
+    """``obj.save(update_fields=fields)`` as one hand-written ``UPDATE ... WHERE pk``. A model with
+    ``pre_save`` or ``post_save`` receivers goes through ``save()``, so no receiver is ever skipped."""
+    model = type(obj)
+    if signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model):
+        obj.save(update_fields=list(fields))
+        return
+    meta = model._meta
+    using = router.db_for_write(model, instance=obj)
+    connection = connections[using]
+    key = (model, using, fields)
+    found = _update_sql.get(key)
+    if found is None:
+        qn = connection.ops.quote_name
+        targets = [meta.get_field(name) for name in fields]
+        found = _update_sql[key] = (
+            f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in targets)} "
+            f"WHERE {qn(meta.pk.column)} = %s",
+            targets,
+        )
+    sql, targets = found
+    values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in targets]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, obj.pk])

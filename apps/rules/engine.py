@@ -22,10 +22,11 @@ from dataclasses import asdict
 from typing import Any
 
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
+from apps.core.rows import get_by_pk, insert, update
 from apps.core.templating import TemplateError, contains_template, render_condition, render_value
 from apps.executions import services as executions
 from apps.executions.parameters import ParameterError
@@ -221,7 +222,7 @@ def evaluate(rule: Rule, payload: Any, event: dict[str, Any], *, context: dict[s
 
 def process(event_id: int) -> dict[str, int]:
     """Match one event against its rules. Safe to run twice: enforcements are unique per (rule, event)."""
-    event = Event.objects.select_related("trigger").filter(pk=event_id).first()
+    event = get_by_pk(Event, event_id)
     if event is None or event.status == EventStatus.INVALID or event.trigger_id is None:
         return {"rules": 0, "matched": 0}
     index = rules_for(event.trigger_id)
@@ -229,7 +230,11 @@ def process(event_id: int) -> dict[str, int]:
     context = event_context(event.payload, event=event_dict)  # shared by every rule of this event
     targeted = (event.meta or {}).get("rule")
     rules = [r for r in index.rules if r.ref == targeted] if targeted else index.candidates(context)
-    done = set(Enforcement.objects.filter(event_id=event.pk).values_list("rule_id", flat=True)) if rules else set()
+    # An event seen before (a redelivered message, the re-dispatch job) skips the rules it already enforced;
+    # a first delivery (never processed, never re-sent) has none to skip and saves the query.
+    seen = event.processed_at is not None or event.redispatched_at is not None or _redelivered()
+    done = (set(Enforcement.objects.filter(event_id=event.pk).values_list("rule_id", flat=True))
+            if rules and seen else set())
     matched = 0
     for rule in rules:
         if rule.pk in done:
@@ -238,10 +243,35 @@ def process(event_id: int) -> dict[str, int]:
             matched += enforce(rule, event, event_dict, context)
         except Exception:  # a bug in one rule's path must not stop the event's other rules
             log.exception("rule %s failed on event %s", rule.ref, event.pk)
-    Event.objects.filter(pk=event.pk, status=EventStatus.RECEIVED).update(
-        status=EventStatus.PROCESSED, processed_at=timezone.now()
-    )
+    _mark_processed(event.pk)
     return {"rules": len(rules), "matched": matched}
+
+
+_processed_sql: dict[str, str] = {}
+
+
+def _mark_processed(event_id: int) -> None:
+    """``received → processed`` (a conditional update, hand-written: it runs once per event)."""
+    using = router.db_for_write(Event)
+    connection = connections[using]
+    sql = _processed_sql.get(using)
+    if sql is None:
+        qn = connection.ops.quote_name
+        sql = _processed_sql[using] = (
+            f"UPDATE {qn(Event._meta.db_table)} SET {qn('status')} = %s, {qn('processed_at')} = %s "
+            f"WHERE {qn('id')} = %s AND {qn('status')} = %s"
+        )
+    now = Event._meta.get_field("processed_at").get_db_prep_save(timezone.now(), connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [EventStatus.PROCESSED, now, event_id, EventStatus.RECEIVED])
+
+
+def _redelivered() -> bool:
+    """Whether the Celery message being run was delivered before (False outside a task)."""
+    from celery import current_task
+
+    request = getattr(current_task, "request", None)
+    return bool(getattr(request, "delivery_info", None) and request.delivery_info.get("redelivered"))
 
 
 def enforce(rule: Rule, event: Event, event_dict: dict[str, Any], context: dict[str, Any] | None = None) -> int:
@@ -256,17 +286,17 @@ def enforce(rule: Rule, event: Event, event_dict: dict[str, Any], context: dict[
         return 0
     try:
         with transaction.atomic():
-            enforcement = Enforcement.objects.create(
+            enforcement = insert(Enforcement(
                 rule=rule, rule_ref=rule.ref, event=event, status="matched",
                 criteria=outcome["criteria"], condition=outcome["condition"],
-            )
+            ))
             execution = executions.create_execution(
                 rule.action, rule.action_params or {}, user=rule.owner, rule=rule, enforcement=enforcement,
                 trigger_event=event, context=outcome["context"],
             )
             enforcement.execution = execution
             enforcement.parameters = execution.parameters
-            enforcement.save(update_fields=["execution", "parameters"])
+            update(enforcement, ("execution", "parameters"))
         return 1
     except IntegrityError:
         return 0  # another process enforced this (rule, event) first

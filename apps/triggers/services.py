@@ -12,6 +12,7 @@ from typing import Any
 from django.db import transaction
 from jsonschema import Draft202012Validator
 
+from apps.core.rows import insert
 from attune.celery import app as celery_app
 
 from .models import Event, EventStatus, Trigger
@@ -63,7 +64,7 @@ def emit(
     if not trigger.enabled:
         raise TriggerDisabled(f"trigger {trigger.ref} is disabled")
     errors = payload_errors(trigger, payload)
-    event = Event.objects.create(
+    event = insert(Event(
         trigger=trigger,
         trigger_ref=trigger.ref,
         payload=payload,
@@ -72,7 +73,7 @@ def emit(
         error="; ".join(errors),
         emitted_by=user if getattr(user, "is_authenticated", False) else None,
         source_event=source_event,
-    )
+    ))
     if not errors:
         event_id = event.pk
         transaction.on_commit(lambda: dispatch(event_id))

@@ -72,6 +72,40 @@ def test_fast_build_leaves_the_instance_as_the_orm_does():
     assert Execution.objects.get(pk=execution.pk).status == "canceled"
 
 
+def test_update_writes_the_named_fields_like_save():
+    from apps.core.rows import update
+
+    action = ActionFactory(parameters={})
+    execution = services.create_execution(action, {}, start=False)
+    before = Execution.objects.get(pk=execution.pk)
+    execution.result = {"data": {"k": [1, 2]}}
+    execution.status = "canceled"
+    execution.timeout = 99  # not named: not written
+    update(execution, ("result", "status"))
+    after = Execution.objects.get(pk=execution.pk)
+    assert (after.result, after.status, after.timeout) == ({"data": {"k": [1, 2]}}, "canceled", before.timeout)
+    assert after.updated == before.updated  # like save(update_fields=...) without "updated"
+
+
+def test_update_goes_through_save_when_a_receiver_listens():
+    from apps.core.rows import update
+
+    seen = []
+
+    def receiver(sender, instance, update_fields, **kwargs):
+        seen.append(set(update_fields))
+
+    action = ActionFactory()
+    post_save.connect(receiver, sender=Action, dispatch_uid="test-update-receiver")
+    try:
+        action.description = "changed"
+        update(action, ("description",))
+    finally:
+        post_save.disconnect(dispatch_uid="test-update-receiver", sender=Action)
+    assert seen == [{"description"}]
+    assert Action.objects.get(pk=action.pk).description == "changed"
+
+
 def test_insert_writes_the_same_row_as_create():
     action = ActionFactory()
     user = UserFactory()

@@ -127,6 +127,11 @@ def test_each_rule_and_event_is_enforced_once_and_a_failing_rule_blocks_nothing(
     event = wait_event(emitted.json()["id"])
     engine.process(event.pk)  # a duplicate message: nothing new
     engine.process(event.pk)
+    # A duplicate that looks like a first delivery (not processed yet, never re-sent): the unique
+    # (rule, event) constraint still keeps it from enforcing anything twice.
+    Event.objects.filter(pk=event.pk).update(status="received", processed_at=None)
+    engine.process(event.pk)
+    assert Event.objects.get(pk=event.pk).status == "processed"
     enforcements = {e.rule_ref: e for e in Enforcement.objects.filter(event=event)}
     assert set(enforcements) == {"core.echo_on_hook", "core.broken", "core.second"}
     assert enforcements["core.broken"].status == "failed"

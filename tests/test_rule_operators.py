@@ -15,6 +15,7 @@ from apps.rules.operators import (
     CriterionResult,
     OperatorError,
     all_matched,
+    compile_criteria,
     criteria_match,
     evaluate,
     evaluate_criteria,
@@ -232,6 +233,7 @@ def test_operator_table(name, value, pattern, expected):
     assert (result.matched, result.error) == (expected, None)
     assert (result.key, result.type, result.value) == ("payload.v", name, value)
     assert criteria_match({"payload.v": criterion}, {"payload": {"v": value}}) is expected  # the engine's hot path
+    assert compile_criteria({"payload.v": criterion})({"payload": {"v": value}}) is expected
 
 
 @pytest.mark.parametrize("name", ["EQ", "Equals", "IRegex", "GT"])
@@ -258,6 +260,7 @@ def test_missing_key_fails_every_operator_but_nexists(name):
         [result] = evaluate_criteria({"payload.absent.deeper": criterion}, context)
         assert result.matched is (op == "nexists"), (name, context)
         assert criteria_match({"payload.absent.deeper": criterion}, context) is (op == "nexists")
+        assert compile_criteria({"payload.absent.deeper": criterion})(context) is (op == "nexists")
         assert result.value is None
         assert result.error == (None if op in NO_PATTERN else "key not found")
     assert evaluate(name, MISSING, pattern, criterion) is (op == "nexists")
@@ -317,6 +320,8 @@ def test_type_mismatch_or_bad_pattern_is_an_error_not_an_exception(name, value, 
     assert message in result.error
     assert criteria_match({"payload.v": {"type": name, "pattern": pattern, "condition": "any"}},
                           {"payload": {"v": value}}) is False
+    assert compile_criteria({"payload.v": {"type": name, "pattern": pattern, "condition": "any"}})(
+        {"payload": {"v": value}}) is False
     with pytest.raises(OperatorError, match=".+"):
         evaluate(name, value, pattern, {"condition": "any"})
 

@@ -33,7 +33,7 @@ from apps.executions.parameters import ParameterError
 from apps.triggers.models import Event, EventStatus
 
 from .models import Enforcement, Rule
-from .operators import MISSING, all_matched, criteria_match, evaluate_criteria, lookup
+from .operators import MISSING, all_matched, compile_criteria, criteria_match, evaluate_criteria, lookup
 
 log = logging.getLogger("attune.rules")
 
@@ -52,6 +52,12 @@ class RuleIndex:
         self.rules = rules
         self.always: list[Rule] = []
         self.by_key: dict[str, dict[Any, list[Rule]]] = {}
+        # Per rule: its criteria compiled once (compile_criteria), or None when a pattern is a template
+        # (rendered per event with kv / pack.config). A rule the compiled criteria reject is a miss at once.
+        self.matchers: dict[int, Any] = {
+            rule.pk: None if contains_template(rule.criteria or {}) else compile_criteria(rule.criteria)
+            for rule in rules
+        }
         for rule in rules:
             slot = self._equality(rule)
             if slot is None:
@@ -236,9 +242,14 @@ def process(event_id: int) -> dict[str, int]:
     done = (set(Enforcement.objects.filter(event_id=event.pk).values_list("rule_id", flat=True))
             if rules and seen else set())
     matched = 0
+    matchers = index.matchers
+    memo: dict[str, Any] = {}  # the event's values by criterion key, shared by every rule's matcher
     for rule in rules:
         if rule.pk in done:
             continue
+        quick = matchers.get(rule.pk)
+        if quick is not None and not quick(context, memo):
+            continue  # the criteria do not match (the condition is only evaluated after them)
         try:
             matched += enforce(rule, event, event_dict, context)
         except Exception:  # a bug in one rule's path must not stop the event's other rules

@@ -487,6 +487,60 @@ def criteria_match(criteria: dict | None, context: dict, render: Callable[[Any],
     return True
 
 
+def compile_criteria(criteria: dict | None) -> Callable[..., bool]:
+    """``criteria_match`` for criteria whose patterns hold no template, prepared once: the operator names
+    resolved, the keys split, the patterns taken as written and regexes compiled. The rule engine builds one
+    per rule when it indexes a trigger's rules and runs it against every candidate rule of every event, with
+    a ``memo`` dict per event so each key is looked up once however many rules test it."""
+    steps: list[tuple[str | None, list[str] | None, str, Any, dict, Any]] = []
+    for key, criterion in (criteria or {}).items():
+        if not isinstance(criterion, dict):
+            return _never
+        try:
+            op = _canonical(criterion.get("type"))
+        except OperatorError:
+            return _never
+        pattern = _prepared(op, criterion, None)
+        search = None
+        if op in ("regex", "iregex") and isinstance(pattern, str):
+            try:
+                search = _compile(pattern, re.IGNORECASE if op == "iregex" else 0).search
+            except re.error:
+                return _never  # a bad regex never matches (the detailed evaluation reports it)
+        name = key if isinstance(key, str) else None
+        steps.append((name, list(_split_cached(key)) if name is not None else None, op, pattern, criterion, search))
+
+    def matches(context: dict, memo: dict | None = None) -> bool:
+        for name, parts, op, pattern, criterion, search in steps:
+            if parts is None:
+                value = MISSING
+            elif memo is None:
+                value = _walk(context, parts)
+            else:
+                value = memo.get(name, _UNSEEN)
+                if value is _UNSEEN:
+                    value = memo[name] = _walk(context, parts)
+            if search is not None and type(value) is str:
+                if search(value) is None:
+                    return False
+                continue
+            try:
+                if not _match(op, value, pattern, criterion)[0]:
+                    return False
+            except Exception:  # an error is a miss here; the detailed evaluation reports it
+                return False
+        return True
+
+    return matches
+
+
+_UNSEEN = object()
+
+
+def _never(context: dict, memo: dict | None = None) -> bool:
+    return False
+
+
 def all_matched(results: Iterable[CriterionResult]) -> bool:
     """Criteria are ANDed; no criteria at all matches."""
     return all(result.matched for result in results)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from apps.rules.engine import RuleIndex, evaluate, event_context
 from apps.rules.models import Rule
+from apps.rules.operators import criteria_match
 
 
 def rule(pk, criteria, condition=""):
@@ -40,6 +41,20 @@ def test_index_gives_the_same_answers_as_evaluating_every_rule():
                     {"host": ["db-1"]}, {"count": 3}, {"count": 3.0}, {}, {"sev": "critical", "count": "3"}):
         expected = [pk for pk in brute_force(RULES, payload) if pk != 6]
         assert [pk for pk in matching(index, payload) if pk != 6] == expected, payload
+
+
+def test_compiled_criteria_give_the_same_verdicts():
+    index = RuleIndex(RULES)
+    assert index.matchers[6] is None  # templated pattern: rendered per event, never compiled
+    for payload in ({"host": "db-1", "sev": "critical"}, {"host": "db-2", "sev": "crit"}, {"host": "web"},
+                    {"host": ["db-1"]}, {"count": 3}, {"count": "3"}, {}, {"host": None},
+                    {"host": "db-2", "sev": 7}, {"host": "db-2", "sev": "Crit"}):
+        ctx = event_context(payload, event={"id": 1, "trigger": "p.t", "created": "now", "payload": payload})
+        memo = {}  # shared by every rule of the event, as the engine does
+        for r in RULES:
+            if index.matchers[r.pk] is not None:
+                assert index.matchers[r.pk](ctx) is criteria_match(r.criteria, ctx), (r.pk, payload)
+                assert index.matchers[r.pk](ctx, memo) is criteria_match(r.criteria, ctx), (r.pk, payload)
 
 
 def test_candidates_are_few_when_rules_differ_by_equality():

@@ -47,10 +47,12 @@ TRIGGER = "core.webhook"
 def wait_other_bench(max_wait: float = 600) -> bool:
     """True when no bench_executions.py runs (waits up to max_wait s); False if it is still running."""
     deadline = time.monotonic() + max_wait
-    while time.monotonic() < deadline:
+    while True:  # checked at least once, also with --wait-other 0
         r = subprocess.run(["pgrep", "-f", "bench_executions.py"], capture_output=True, text=True)
         if not r.stdout.strip():
             return True
+        if time.monotonic() >= deadline:
+            break
         be.log("bench_executions.py is running: waiting")
         time.sleep(5)
     be.log("bench_executions.py still running after the wait: measuring anyway")

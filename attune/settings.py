@@ -160,6 +160,10 @@ if EMBEDDED:
     }
 else:
     DATABASES = {"default": dj_database_url.parse(ATTUNE_DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Django's backend; a connection that ended its last request or task cleanly under a second ago is
+        # not probed again (attune/db/postgresql/base.py).
+        DATABASES["default"]["ENGINE"] = "attune.db.postgresql"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"

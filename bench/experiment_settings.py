@@ -9,6 +9,10 @@ ATTUNE_BENCH_EXPERIMENTS=a,b for every process it starts. Known experiments:
   that nobody reads (``task_ignore_result`` is already on; ``attune.core.ping`` round trips stop working).
 - ``sqlite-persistent``: embedded mode keeps its SQLite connections (``CONN_MAX_AGE=600``) instead of opening
   one per request and per task.
+- ``server-binding``: psycopg server-side parameter binding (``OPTIONS["server_side_binding"]``), which lets
+  psycopg prepare statements it sees repeatedly (PostgreSQL parses and plans them once per connection).
+- ``no-health-checks``: ``CONN_HEALTH_CHECKS`` off, so a persistent connection is not probed with a
+  round trip at the start of every request and task.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from attune.settings import *  # noqa: F403
 from attune.settings import DATABASES, EMBEDDED
 
 EXPERIMENTS = {x.strip() for x in os.environ.get("ATTUNE_BENCH_EXPERIMENTS", "").split(",") if x.strip()}
-_known = {"db-reuse", "no-result-backend", "sqlite-persistent"}
+_known = {"db-reuse", "no-result-backend", "sqlite-persistent", "server-binding", "no-health-checks"}
 if EXPERIMENTS - _known:
     raise RuntimeError(f"unknown experiment(s) {sorted(EXPERIMENTS - _known)}; known: {sorted(_known)}")
 
@@ -28,3 +32,7 @@ if "no-result-backend" in EXPERIMENTS:
     CELERY_RESULT_BACKEND = None
 if "sqlite-persistent" in EXPERIMENTS and EMBEDDED:
     DATABASES["default"]["CONN_MAX_AGE"] = 600
+if "server-binding" in EXPERIMENTS and not EMBEDDED:
+    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
+if "no-health-checks" in EXPERIMENTS and not EMBEDDED:
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = False

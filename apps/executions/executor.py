@@ -93,25 +93,47 @@ class LiveOutput:
             listener(self.execution_id, stream, offset, ready)
 
 
-_claim_sql: dict[str, str] = {}
+_claim_sql: dict[str, tuple[str, bool]] = {}
 
 
 def claim(execution_id: int) -> Execution | None:
     """``scheduled → running`` for this worker, returning the claimed row: one ``UPDATE ... RETURNING`` where
     reading the row, then updating it conditionally, took two statements (and an ORM compilation). None when
-    the execution is not ``scheduled`` (already claimed by a redelivered message, cancelled, gone)."""
-    executions = reader(Execution, "e", write=True)
+    the execution is not ``scheduled`` (already claimed by a redelivered message, cancelled, gone).
+
+    On PostgreSQL the same statement also returns the action with its pack and runtime (the update in a
+    ``WITH``, joined), which the worker reads right after anyway: one round trip per execution less. The
+    action is read in the same snapshot, as fresh as a separate read would be."""
+    from apps.actions.models import Action
+    from apps.packs.models import Pack, Runtime
+
+    executions = reader(Execution, "c", write=True)
+    actions, packs, runtimes = reader(Action, "a", write=True), reader(Pack, "p", write=True), \
+        reader(Runtime, "r", write=True)
     connection = connections[executions.using]
-    sql = _claim_sql.get(executions.using)
-    if sql is None:
+    found = _claim_sql.get(executions.using)
+    if found is None:
         qn = connection.ops.quote_name
         column = {f.name: qn(f.column) for f in Execution._meta.concrete_fields}
         returning = ", ".join(qn(f.column) for f in Execution._meta.concrete_fields)
-        sql = _claim_sql[executions.using] = (
+        update = (
             f"UPDATE {executions.table} SET {column['status']} = %s, {column['started_at']} = %s, "
             f"{column['worker']} = %s, {column['attempt']} = {column['attempt']} + 1, {column['updated']} = %s "
             f"WHERE {column['id']} = %s AND {column['status']} = %s RETURNING {returning}"
         )
+        joined = connection.vendor == "postgresql"
+        if joined:
+            meta = Action._meta
+            pack_fk, runtime_fk = meta.get_field("pack"), meta.get_field("runner_type")
+            update = (
+                f"WITH c AS ({update}) SELECT {executions.columns}, {actions.columns}, {packs.columns}, "
+                f"{runtimes.columns} FROM c "
+                f"LEFT JOIN {actions.table} a ON a.{qn(meta.pk.column)} = c.{column['action']} "
+                f"LEFT JOIN {packs.table} p ON p.{qn(Pack._meta.pk.column)} = a.{qn(pack_fk.column)} "
+                f"LEFT JOIN {runtimes.table} r ON r.{qn(runtime_fk.target_field.column)} = a.{qn(runtime_fk.column)}"
+            )
+        found = _claim_sql[executions.using] = (update, joined)
+    sql, joined = found
     now = timezone.now()
     stamp = Execution._meta.get_field("started_at").get_db_prep_save(now, connection)
     with connection.cursor() as cursor:
@@ -120,6 +142,15 @@ def claim(execution_id: int) -> Execution | None:
     if row is None:
         return None
     execution = executions.build(row)
+    if joined and execution.action_id is not None:
+        offset = executions.width
+        action = None
+        if row[offset] is not None and row[offset + actions.width] is not None \
+                and row[offset + actions.width + packs.width] is not None:
+            action = actions.build(row, offset)
+            action._state.fields_cache["pack"] = packs.build(row, offset + actions.width)
+            action._state.fields_cache["runner_type"] = runtimes.build(row, offset + actions.width + packs.width)
+        execution._state.fields_cache["action"] = action  # None: the action is gone (the run fails, saying so)
     announce_transition(execution)
     return execution
 
@@ -129,7 +160,7 @@ def execute(execution_id: int) -> str:
     execution = claim(execution_id)
     if execution is None:
         return "skipped"
-    if execution.action_id is not None:
+    if execution.action_id is not None and "action" not in execution._state.fields_cache:
         from apps.actions.selectors import action_with_runtime
 
         execution._state.fields_cache["action"] = action_with_runtime(pk=execution.action_id)

@@ -173,6 +173,25 @@ def test_claim_is_conditional_and_counts_the_attempt():
     assert executor.claim(execution.pk) is None  # a redelivered message finds it running
 
 
+def test_claim_brings_the_action_on_postgresql(django_assert_num_queries):
+    from django.db import connection
+
+    action = ActionFactory()
+    execution = services.create_execution(action, {"message": "hi"})
+    claimed = executor.claim(execution.pk)
+    if connection.vendor != "postgresql":
+        assert "action" not in claimed._state.fields_cache  # SQLite: the executor reads it separately
+        return
+    with django_assert_num_queries(0):  # joined to the claim: no further read
+        assert (claimed.action.pk, claimed.action.pack.ref, claimed.action.runner_type.name) == \
+            (action.pk, action.pack.ref, action.runner_type.name)
+    gone = services.create_execution(ActionFactory(), {"message": "x"})
+    Action.objects.filter(pk=gone.action_id).delete()
+    Execution.objects.filter(pk=gone.pk).update(action=None)
+    claimed = executor.claim(gone.pk)
+    assert claimed.action_id is None and claimed.action is None
+
+
 def test_represent_is_the_serializer_output():
     action = ActionFactory()
     user = UserFactory()

@@ -41,18 +41,19 @@ class Worker(TimestampedModel):
 
 class Execution(TimestampedModel):
     action = models.ForeignKey("actions.Action", null=True, on_delete=models.SET_NULL, related_name="executions")
-    action_ref = models.CharField(max_length=256, db_index=True, help_text="Kept when the action is deleted.")
-    pack_ref = models.CharField(max_length=128, db_index=True)
+    action_ref = models.CharField(max_length=256, help_text="Kept when the action is deleted.")
+    pack_ref = models.CharField(max_length=128)
     runner_type = models.CharField(max_length=64, blank=True, default="")
     status = models.CharField(
-        max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.REQUESTED, db_index=True
+        max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.REQUESTED
     )
     parameters = models.JSONField(default=dict, blank=True, help_text="Secret parameters stored redacted.")
     secret_parameters = models.TextField(
         blank=True, default="", help_text="The real values of secret parameters, AES-256-GCM encrypted."
     )
     result = models.JSONField(null=True, blank=True)
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children",
+                               db_index=False)
     original = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns",
         help_text="The execution this one re-runs.",
@@ -70,7 +71,7 @@ class Execution(TimestampedModel):
     worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="executions")
     # Workflow linkage (a soft reference: the workflows layer owns TaskExecution).
     task_name = models.CharField(max_length=128, blank=True, default="")
-    task_execution_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    task_execution_id = models.BigIntegerField(null=True, blank=True)
     item_index = models.IntegerField(null=True, blank=True)
     task_reported = models.BooleanField(
         default=False, help_text="The workflow conductor has counted this child's end (exactly once).")
@@ -81,7 +82,7 @@ class Execution(TimestampedModel):
     waiting_reason = models.CharField(max_length=512, blank=True, default="")
     policy = models.ForeignKey("executions.Policy", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     policy_key = models.CharField(
-        max_length=512, blank=True, default="", db_index=True,
+        max_length=512, blank=True, default="",
         help_text="The values of the governing concurrency policy's attributes (canonical JSON): its FIFO queue.",
     )
     attempt = models.PositiveIntegerField(default=0, help_text="Delivery attempts (poison-message guard).")
@@ -97,12 +98,16 @@ class Execution(TimestampedModel):
 
     class Meta:
         ordering = ["-id"]
+        # Every INSERT and every status change (never a HOT update: status is indexed) writes each index, so
+        # a column that leads a composite index has no index of its own, and no text column has the extra
+        # pattern-ops (LIKE) index Django adds for db_index=True: nothing filters them by prefix.
         indexes = [
             models.Index(fields=["status", "created"]),
             models.Index(fields=["action_ref", "status"]),
             models.Index(fields=["pack_ref", "created"]),
             models.Index(fields=["parent", "task_name"]),
             models.Index(fields=["task_execution_id", "item_index"]),
+            models.Index(fields=["policy_key"], name="exec_policy_key"),
             models.Index(fields=["finished_at"], name="exec_unreported_child",
                          condition=models.Q(task_reported=False, task_execution_id__isnull=False)),
         ]

@@ -133,19 +133,23 @@ class AuditEvent(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
     )
     actor_name = models.CharField(
-        max_length=150, blank=True, default="", db_index=True,
+        max_length=150, blank=True, default="",
         help_text="Username at the time (kept when the identity is deleted; the attempted name for failed logins).",
     )
     action = models.CharField(max_length=64, db_index=True, help_text='e.g. "login", "key.decrypt", "inquiry.respond"')
-    object_type = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    object_type = models.CharField(max_length=64, blank=True, default="")
     object_ref = models.CharField(max_length=256, blank=True, default="", help_text="Ref, name or id of the object.")
-    pack_ref = models.CharField(max_length=128, blank=True, default="", db_index=True)
+    pack_ref = models.CharField(max_length=128, blank=True, default="")
     details = models.JSONField(default=dict, blank=True)
     remote_addr = models.GenericIPAddressField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created", "-id"]
-        indexes = [models.Index(fields=["object_type", "object_ref"])]
+        # Written on every execution started through the API: plain indexes only (no LIKE pattern-ops index
+        # but on `action`, which the action_prefix filter reads), none under a composite that leads with it.
+        indexes = [models.Index(fields=["object_type", "object_ref"]),
+                   models.Index(fields=["actor_name"], name="audit_actor_name"),
+                   models.Index(fields=["pack_ref"], name="audit_pack_ref")]
 
     def __str__(self) -> str:
         target = f" {self.object_type} {self.object_ref}".rstrip() if self.object_type else ""

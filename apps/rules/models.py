@@ -31,10 +31,11 @@ class Rule(PackComponent):
 class Enforcement(models.Model):
     """That a rule was evaluated against an event, and what came of it. At most one per (rule, event)."""
 
-    rule = models.ForeignKey(Rule, null=True, on_delete=models.SET_NULL, related_name="enforcements")
-    rule_ref = models.CharField(max_length=256, db_index=True)
+    rule = models.ForeignKey(Rule, null=True, on_delete=models.SET_NULL, related_name="enforcements",
+                             db_index=False)  # the (rule, event) unique index leads with it
+    rule_ref = models.CharField(max_length=256)
     event = models.ForeignKey("triggers.Event", on_delete=models.CASCADE, related_name="enforcements")
-    status = models.CharField(max_length=16, choices=EnforcementStatus.choices, db_index=True)
+    status = models.CharField(max_length=16, choices=EnforcementStatus.choices)
     criteria = models.JSONField(default=list, blank=True, help_text="Each criterion's outcome.")
     condition = models.BooleanField(null=True, blank=True)
     parameters = models.JSONField(null=True, blank=True, help_text="Rendered action parameters (secrets redacted).")
@@ -47,6 +48,9 @@ class Enforcement(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [models.UniqueConstraint(fields=["rule", "event"], name="uniq_enforcement_rule_event")]
+        # Plain indexes (no LIKE pattern-ops ones: nothing filters these by prefix).
+        indexes = [models.Index(fields=["rule_ref"], name="enforcement_rule_ref"),
+                   models.Index(fields=["status"], name="enforcement_status")]
 
     def __str__(self) -> str:
         return f"enforcement #{self.pk} {self.rule_ref} on event {self.event_id}"

@@ -98,7 +98,14 @@ class ProcessRunner:
 
         while sel.get_map() or exited_at is None:
             now = time.monotonic()
-            ready = sel.select(timeout=0.05) if sel.get_map() else (time.sleep(0.05) or [])
+            if sel.get_map():
+                ready = sel.select(timeout=0.05)
+            else:  # pipes closed, exit not reaped yet: wake as soon as it is (not after a fixed 50 ms nap)
+                ready = []
+                try:
+                    proc.wait(timeout=0.05)
+                except subprocess.TimeoutExpired:
+                    pass
             for key, _ in ready:
                 if key.fileobj is proc.stdin:
                     try:

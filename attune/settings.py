@@ -160,6 +160,8 @@ if EMBEDDED:
     }
 else:
     DATABASES = {"default": dj_database_url.parse(ATTUNE_DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
+    # The ASGI web process borrows connections from a pool of at most this many (attune/asgi.py).
+    ATTUNE_WEB_DB_POOL_SIZE = env_int("ATTUNE_WEB_DB_POOL_SIZE", 20)
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # Django's backend; a connection that ended its last request or task cleanly under a second ago is
         # not probed again (attune/db/postgresql/base.py).

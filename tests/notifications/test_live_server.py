@@ -228,6 +228,7 @@ def test_live_tail_production_web_and_worker_processes(tmp_path):
         procs.append(spawn([sys.executable, "manage.py", "attune", "worker", "-c", "4", "-P", "threads"], env, paths[2]))
         wait_ready(f"http://127.0.0.1:{port}", procs, paths)
         live_tail_scenario(port)
+        concurrent_webhooks_scenario(port, db_name)
     except BaseException:
         stop(procs)
         print(logs(paths))
@@ -237,6 +238,42 @@ def test_live_tail_production_web_and_worker_processes(tmp_path):
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
         redis.Redis.from_url(redis_url).flushdb()
+
+
+def concurrent_webhooks_scenario(port: int, db_name: str) -> None:
+    """32 clients × 20 webhook posts at once against the ASGI web process: every one accepted (each ASGI
+    request runs on its own thread; with persistent connections each left one open and PostgreSQL ran out
+    of slots, failing requests with 500), and the web process holds no more connections than its pool."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg
+
+    base = f"http://127.0.0.1:{port}"
+    api = httpx.Client(base_url=base, timeout=30)
+    login = api.post("/api/v1/auth/login", json={"username": ADMIN, "password": ADMIN_PASSWORD})
+    api.headers["Authorization"] = f"Bearer {login.json()['access']}"
+    enabled = api.post("/api/v1/triggers/core.webhook/webhook/enable", json={})
+    assert enabled.status_code in (200, 201), enabled.text
+    url = urlsplit(enabled.json()["url"]).path
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            for i in range(20):
+                code = http.post(url, json={"client": n, "i": i}).status_code
+                with lock:
+                    statuses.append(code)
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(client, range(32)))
+    assert statuses.count(202) == 640, sorted(set(statuses))
+    admin_url = urlunsplit(urlsplit(os.environ["ATTUNE_DATABASE_URL"])._replace(path="/postgres"))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        held = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [db_name]).fetchone()[0]
+    # the web's pool (ATTUNE_WEB_DB_POOL_SIZE, 20) plus the worker's threads and its heartbeat
+    assert held <= 20 + 4 + 3, held
 
 
 def private_redis_db(url: str) -> tuple[str, int]:

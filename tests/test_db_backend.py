@@ -15,8 +15,10 @@ def wrapper(monkeypatch):
     """A connection of its own (the test's is inside the test transaction), counting health probes."""
     from attune.db.postgresql import base
 
-    w = base.DatabaseWrapper({**connection.settings_dict, "CONN_HEALTH_CHECKS": True, "CONN_MAX_AGE": 600},
-                             "default")
+    # Persistent connections, no pool (a test that imported attune.asgi switched this process to the pool).
+    options = {k: v for k, v in connection.settings_dict.get("OPTIONS", {}).items() if k != "pool"}
+    w = base.DatabaseWrapper({**connection.settings_dict, "OPTIONS": options, "CONN_HEALTH_CHECKS": True,
+                              "CONN_MAX_AGE": 600}, "default")
     probes = []
     original = base.DatabaseWrapper.is_usable
 

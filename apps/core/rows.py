@@ -164,3 +164,15 @@ def update(obj: models.Model, fields: tuple[str, ...]) -> None:
     values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in targets]
     with connection.cursor() as cursor:
         cursor.execute(sql, [*values, obj.pk])
+
+
+_statements: dict[tuple[str, str], str] = {}
+
+
+def statement(name: str, using: str, build) -> str:
+    """A hand-written statement, built once per name and database alias: ``build(quote_name)`` returns the
+    SQL. ``name`` is global: prefix it with the module (``"workflows.items.te"``)."""
+    found = _statements.get((name, using))
+    if found is None:
+        found = _statements[(name, using)] = build(connections[using].ops.quote_name)
+    return found

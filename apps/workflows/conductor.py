@@ -29,7 +29,7 @@ from django.db.models import F
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
-from apps.core.rows import get_by_pk, lock_clause, reader
+from apps.core.rows import get_by_pk, lock_clause, reader, statement
 from apps.core.statemachine import transition
 from apps.core.statuses import TERMINAL, ExecutionStatus, TaskStatus
 from apps.core.templating import TemplateError, render_condition, render_value
@@ -309,15 +309,9 @@ def _read_execution(execution_id: int, *, lock: bool = False) -> Execution:
 
 
 _DEFERRED_EXECUTION_FIELDS = frozenset({"parameters", "secret_parameters"})
-_statements: dict[tuple[str, str], str] = {}
-
-
 def _sql(name: str, build, using: str) -> str:
     """A hand-written statement of this module, built once per database alias (``build(quote_name)``)."""
-    found = _statements.get((name, using))
-    if found is None:
-        found = _statements[(name, using)] = build(connections[using].ops.quote_name)
-    return found
+    return statement(f"workflows.conductor.{name}", using, build)
 
 
 def _lock(te_id: int, statuses=None):

@@ -23,7 +23,7 @@ from django.db import connections, router, transaction
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
-from apps.core.rows import lock_clause, reader
+from apps.core.rows import lock_clause, reader, statement
 from apps.core.statuses import ExecutionStatus, TaskStatus
 from apps.core.templating import TemplateError, contains_template
 from apps.executions import services as executions
@@ -117,16 +117,12 @@ def item_finished(child: Execution) -> bool:
     return done >= total or (not startable and done >= started)
 
 
-_statements: dict[tuple[str, str], str] = {}
 _TE_HEAVY = frozenset({"items", "result", "input", "published"})
 _WF_HEAVY = frozenset({"definition", "vars", "output", "errors", "start_tasks"})
 
 
 def _statement(name: str, using: str, build) -> str:
-    found = _statements.get((name, using))
-    if found is None:
-        found = _statements[(name, using)] = build(connections[using].ops.quote_name)
-    return found
+    return statement(f"workflows.items.{name}", using, build)
 
 
 def _locked_counters(te_id: int) -> tuple[TaskExecution, WorkflowExecution, str] | None:

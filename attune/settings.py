@@ -167,6 +167,10 @@ else:
         # not probed again (attune/db/postgresql/base.py).
         DATABASES["default"]["ENGINE"] = "attune.db.postgresql"
 
+# Threads the ASGI server (``attune run``, uvicorn in production) runs Django's request handling on
+# (attune/asgi.py): at most this many API requests are handled at once per process, the rest wait their turn.
+ATTUNE_WEB_THREADS = env_int("ATTUNE_WEB_THREADS", 16)
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 

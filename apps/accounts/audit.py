@@ -72,6 +72,15 @@ def record(actor, action: str, obj: Any = None, request=None, *, actor_name: str
            **details: Any) -> AuditEvent:
     """Write one audit event. ``actor`` is a user (or None / anonymous); ``obj`` the object acted on, from
     which type, ref and pack are taken unless given; ``details`` are extra facts (never secret values)."""
+    return insert(event(actor, action, obj, request, actor_name=actor_name, object_type=object_type,
+                        object_ref=object_ref, pack_ref=pack_ref, **details))
+
+
+def event(actor, action: str, obj: Any = None, request=None, *, actor_name: str | None = None,
+          object_type: str | None = None, object_ref: str | None = None, pack_ref: str | None = None,
+          **details: Any) -> AuditEvent:
+    """The audit event :func:`record` writes, not yet saved: for writing it in the same statement as the
+    object it is about (``rows.insert_linked``, ``object_ref`` then set to that object's new id)."""
     from .permissions import object_pack
 
     user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
@@ -80,7 +89,7 @@ def record(actor, action: str, obj: Any = None, request=None, *, actor_name: str
         object_ref = object_ref if object_ref is not None else object_ref_of(obj)
         if pack_ref is None:
             pack_ref = object_pack(obj)
-    return insert(AuditEvent(
+    return AuditEvent(
         actor=user,
         actor_name=(actor_name if actor_name is not None else getattr(user, "username", "") or "")[:150],
         action=action,
@@ -89,7 +98,7 @@ def record(actor, action: str, obj: Any = None, request=None, *, actor_name: str
         pack_ref=pack_ref or "",
         details=sanitize(details),
         remote_addr=client_address(request),
-    ))
+    )
 
 
 def assignment_facts(assignment) -> dict[str, Any]:

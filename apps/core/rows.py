@@ -106,35 +106,95 @@ def get_by_pk(model: type[models.Model], pk: Any) -> models.Model | None:
 _insert_sql: dict[tuple[type, str], tuple[str, list]] = {}
 
 
-def insert(obj: models.Model) -> models.Model:
-    """``obj.save()`` for a new row (``Model.objects.create``), as one hand-written ``INSERT ... RETURNING``:
-    field ``pre_save`` (auto_now) and database preparation are the ORM's own. A model with ``pre_save`` or
-    ``post_save`` receivers goes through ``save()``, so no receiver is ever skipped."""
-    model = type(obj)
-    if signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model):
-        obj.save(force_insert=True)
-        return obj
-    meta = model._meta
-    using = router.db_for_write(model, instance=obj)
-    connection = connections[using]
+def _has_save_receivers(model: type[models.Model]) -> bool:
+    return signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model)
+
+
+def _insert_statement(model: type[models.Model], using: str) -> tuple[str, list]:
+    """``INSERT INTO table (every column but the auto pk) VALUES (%s, ...) RETURNING pk`` and its fields."""
     found = _insert_sql.get((model, using))
     if found is None:
-        qn = connection.ops.quote_name
+        meta = model._meta
+        qn = connections[using].ops.quote_name
         fields = [f for f in meta.concrete_fields if f is not meta.auto_field]
         found = _insert_sql[(model, using)] = (
             f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
             f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {qn(meta.pk.column)}",
             fields,
         )
-    sql, fields = found
+    return found
+
+
+def _saved(obj: models.Model, pk: Any, using: str) -> models.Model:
+    setattr(obj, obj._meta.pk.attname, pk)
+    obj._state.adding = False
+    obj._state.db = using
+    return obj
+
+
+def insert(obj: models.Model) -> models.Model:
+    """``obj.save()`` for a new row (``Model.objects.create``), as one hand-written ``INSERT ... RETURNING``:
+    field ``pre_save`` (auto_now) and database preparation are the ORM's own. A model with ``pre_save`` or
+    ``post_save`` receivers goes through ``save()``, so no receiver is ever skipped."""
+    model = type(obj)
+    if _has_save_receivers(model):
+        obj.save(force_insert=True)
+        return obj
+    using = router.db_for_write(model, instance=obj)
+    connection = connections[using]
+    sql, fields = _insert_statement(model, using)
     values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
         pk = cursor.fetchone()[0]
-    setattr(obj, meta.pk.attname, pk)
-    obj._state.adding = False
-    obj._state.db = using
-    return obj
+    return _saved(obj, pk, using)
+
+
+def insert_linked(first: models.Model, second: models.Model, link: str) -> models.Model:
+    """Insert ``first``, then ``second`` with its field ``link`` set to ``first``'s new primary key (an id
+    kept in a text column, such as an audit event's ``object_ref``, or a foreign key). Both rows are written
+    or neither: on PostgreSQL in one statement (a data-modifying ``WITH``: one round trip instead of the four
+    of BEGIN, two INSERTs and COMMIT), elsewhere as two INSERTs in one transaction. Returns ``first``."""
+    from django.db import transaction
+
+    link_field = type(second)._meta.get_field(link)
+    using = router.db_for_write(type(first), instance=first)
+    connection = connections[using]
+    if (connection.vendor != "postgresql" or _has_save_receivers(type(first)) or _has_save_receivers(type(second))
+            or router.db_for_write(type(second), instance=second) != using):
+        with transaction.atomic(using=using):
+            insert(first)
+            setattr(second, link_field.attname, link_field.to_python(first.pk))
+            insert(second)
+        return first
+    key = (type(first), type(second), link, using)
+    found = _linked_sql.get(key)
+    if found is None:
+        qn = connection.ops.quote_name
+        first_sql, first_fields = _insert_statement(type(first), using)
+        meta = type(second)._meta
+        fields = [f for f in meta.concrete_fields if f is not meta.auto_field and f is not link_field]
+        first_pk = qn(type(first)._meta.pk.column)
+        found = _linked_sql[key] = (
+            f"WITH linked AS ({first_sql}) "
+            f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}, {qn(link_field.column)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))}, (SELECT {first_pk} FROM linked)) "
+            f"RETURNING (SELECT {first_pk} FROM linked), {qn(meta.pk.column)}",
+            first_fields, fields,
+        )
+    sql, first_fields, fields = found
+    values = [f.get_db_prep_save(f.pre_save(first, True), connection) for f in first_fields]
+    values += [f.get_db_prep_save(f.pre_save(second, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        first_pk, second_pk = cursor.fetchone()
+    _saved(first, first_pk, using)
+    setattr(second, link_field.attname, link_field.to_python(first_pk))
+    _saved(second, second_pk, using)
+    return first
+
+
+_linked_sql: dict[tuple, tuple[str, list, list]] = {}
 
 
 _update_sql: dict[tuple, tuple[str, list]] = {}

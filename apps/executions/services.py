@@ -13,7 +13,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from apps.core.rows import insert
+from apps.core.rows import insert, insert_linked
 from apps.core.statemachine import announce_transition, transition
 from apps.core.statuses import TERMINAL, ExecutionStatus
 from attune.celery import app as celery_app
@@ -101,9 +101,12 @@ def create_execution(
     start: bool = True,
     secret_names: set[str] | frozenset[str] = frozenset(),
     mask_values: list[str] | None = None,
+    audit=None,
 ) -> Execution:
     """Validate parameters (raises ParameterError naming fields), create the row, and request it.
-    ``secret_names``/``mask_values`` carry secrecy over from an earlier execution (re-runs, retries)."""
+    ``secret_names``/``mask_values`` carry secrecy over from an earlier execution (re-runs, retries).
+    ``audit``: an unsaved audit event (``audit.event``) written with the execution, both or neither, its
+    ``object_ref`` set to the new execution's id."""
     if not action.enabled:
         raise ExecutionStateError(f"action {action.ref} is disabled")
     prepared = prepare(action, parameters, user=user, context=context, secret_names=secret_names,
@@ -111,32 +114,38 @@ def create_execution(
     runtime = action.runner_type
     # No admission hook (policy) concerns the action: insert it scheduled, one statement instead of two.
     direct = start and not any(applies is None or applies(action.pk) for _, applies in _admission)
+    row = Execution(
+        status=S.SCHEDULED if direct else S.REQUESTED,
+        scheduled_at=timezone.now() if direct else None,
+        action=action,
+        action_ref=action.ref,
+        pack_ref=action.pack.ref,
+        runner_type=runtime.name,
+        parameters=prepared.stored,
+        secret_parameters=prepared.encrypted_secrets(),
+        parent=parent,
+        rule=rule,
+        enforcement=enforcement,
+        trigger_event=trigger_event,
+        original=original,
+        started_by=user if getattr(user, "is_authenticated", False) else None,
+        task_name=task_name,
+        task_execution_id=task_execution_id,
+        item_index=item_index,
+        timeout=timeout,
+        queue=runtime.queue or DEFAULT_QUEUE,
+    )
+    if direct:
+        # One statement (with its audit event: rows.insert_linked): no transaction (or savepoint, inside the
+        # caller's) of its own — on every API call, enforcement and workflow task. If it fails nothing was
+        # written here.
+        execution = insert(row) if audit is None else insert_linked(row, audit, "object_ref")
+        announce_transition(execution)
+        _dispatch_after_commit(execution.pk, execution.queue)
+        return execution
     with transaction.atomic():
-        execution = insert(Execution(
-            status=S.SCHEDULED if direct else S.REQUESTED,
-            scheduled_at=timezone.now() if direct else None,
-            action=action,
-            action_ref=action.ref,
-            pack_ref=action.pack.ref,
-            runner_type=runtime.name,
-            parameters=prepared.stored,
-            secret_parameters=prepared.encrypted_secrets(),
-            parent=parent,
-            rule=rule,
-            enforcement=enforcement,
-            trigger_event=trigger_event,
-            original=original,
-            started_by=user if getattr(user, "is_authenticated", False) else None,
-            task_name=task_name,
-            task_execution_id=task_execution_id,
-            item_index=item_index,
-            timeout=timeout,
-            queue=runtime.queue or DEFAULT_QUEUE,
-        ))
-        if direct:
-            announce_transition(execution)
-            _dispatch_after_commit(execution.pk, execution.queue)
-        elif start:
+        execution = insert(row) if audit is None else insert_linked(row, audit, "object_ref")
+        if start:
             request(execution)
     return execution
 

@@ -12,12 +12,13 @@ from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework_simplejwt.tokens import AccessToken
 
+from apps.accounts.audit import event as audit_event
 from apps.accounts.audit import record
 from apps.accounts.authentication import JWTAuthentication
 from apps.accounts.models import AuditEvent
 from apps.actions.models import Action
 from apps.actions.selectors import action_with_runtime
-from apps.core.rows import get_by_pk, insert
+from apps.core.rows import get_by_pk, insert, insert_linked
 from apps.executions import executor, services
 from apps.executions.api.serializers import ExecutionSerializer
 from apps.executions.models import Execution
@@ -131,6 +132,51 @@ def test_insert_goes_through_save_when_a_receiver_listens():
     finally:
         post_save.disconnect(dispatch_uid="test_hot_path", sender=AuditEvent)
     assert seen == [("test.event", True)]
+
+
+def test_insert_linked_writes_both_rows_the_second_naming_the_first(django_assert_num_queries):
+    from django.db import connection
+
+    action = ActionFactory()
+    user = UserFactory()
+    execution = Execution(action=action, action_ref=action.ref, pack_ref=action.pack.ref, runner_type="noop",
+                          parameters={"n": 1}, started_by=user, queue="attune")
+    event = audit_event(user, "execution.create", object_type="execution", pack_ref=action.pack.ref,
+                        action_ref=action.ref)
+    # PostgreSQL: one statement; elsewhere two INSERTs in a transaction of their own (here a savepoint in
+    # the test's transaction: SAVEPOINT, INSERT, INSERT, RELEASE)
+    with django_assert_num_queries(1 if connection.vendor == "postgresql" else 4):
+        insert_linked(execution, event, "object_ref")
+    assert execution.pk and event.pk and event.object_ref == str(execution.pk)
+    assert {name: getattr(execution, name) for name in FIELDS} == orm_values(Execution, execution.pk)
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert (stored.object_ref, stored.actor_id, stored.action, stored.pack_ref, stored.details) == (
+        str(execution.pk), user.pk, "execution.create", action.pack.ref, {"action_ref": action.ref})
+    assert {f.attname: getattr(event, f.attname) for f in AuditEvent._meta.concrete_fields} == \
+        orm_values(AuditEvent, event.pk)
+
+
+def test_insert_linked_writes_neither_row_when_one_fails():
+    from django.db import IntegrityError, transaction
+
+    action = ActionFactory()
+    executions_before, events_before = Execution.objects.count(), AuditEvent.objects.count()
+    execution = Execution(action=action, action_ref=action.ref, pack_ref=action.pack.ref, runner_type="noop",
+                          parameters={}, queue="attune")
+    event = audit_event(None, "execution.create", object_type="execution")
+    event.action = None  # NOT NULL: the second INSERT fails
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert_linked(execution, event, "object_ref")
+    assert (Execution.objects.count(), AuditEvent.objects.count()) == (executions_before, events_before)
+
+
+def test_create_execution_writes_its_audit_event_with_it():
+    action = ActionFactory()
+    user = UserFactory()
+    execution = services.create_execution(action, {"message": "hi"}, user=user,
+                                          audit=audit_event(user, "execution.create", object_type="execution"))
+    (stored,) = AuditEvent.objects.filter(action="execution.create")
+    assert stored.object_ref == str(execution.pk) and stored.actor_id == user.pk
 
 
 def test_action_with_runtime_by_ref_and_pk():

@@ -81,7 +81,10 @@ def emit(
 
 
 def dispatch(event_id: int) -> None:
-    celery_app.send_task(PROCESS_EVENT_TASK, args=[event_id], queue=EVENTS_QUEUE, ignore_result=True)
+    from apps.executions.services import message_reprs
+
+    celery_app.send_task(PROCESS_EVENT_TASK, args=[event_id], queue=EVENTS_QUEUE, ignore_result=True,
+                         **message_reprs(event_id))
 
 
 def re_emit(event: Event, user=None) -> Event:

@@ -262,3 +262,34 @@ def test_jwt_user_read_checks_existence_and_activity():
     user.delete()
     with pytest.raises(AuthenticationFailed, match="not found"):
         auth.get_user(token)
+
+
+def test_run_messages_carry_the_reprs_celery_would_write():
+    from celery.signals import before_task_publish
+    from celery.utils.saferepr import saferepr
+
+    from apps.triggers import services as trigger_services
+
+    seen = []
+
+    def capture(sender=None, headers=None, **kwargs):
+        seen.append((sender, headers["argsrepr"], headers["kwargsrepr"]))
+
+    before_task_publish.connect(capture, weak=False)
+    try:
+        services.dispatch(4242, "attune", inline=False)
+        services.dispatch_many([(4243, "attune"), (4244, "attune")], inline=False)
+        trigger_services.dispatch(77)
+    finally:
+        before_task_publish.disconnect(capture)
+        from attune.celery import app as celery_app
+
+        with celery_app.connection_for_write() as connection:  # no worker of a later test runs them
+            for queue in ("attune", trigger_services.EVENTS_QUEUE):
+                connection.default_channel.queue_purge(queue)
+    assert seen == [
+        (services.RUN_TASK, saferepr([4242]), saferepr({})),
+        (services.RUN_TASK, saferepr([4243]), saferepr({})),
+        (services.RUN_TASK, saferepr([4244]), saferepr({})),
+        (trigger_services.PROCESS_EVENT_TASK, saferepr([77]), saferepr({})),
+    ]

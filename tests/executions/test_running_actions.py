@@ -159,8 +159,15 @@ def test_core_pack_actions(admin_api, testpack):
     assert local.result["exit_code"] == 3 and local.result["stdout"] == "42\n"
     noop = wait_for(execute(admin_api, "core.noop")["id"], "succeeded")
     assert noop.result == {}
+    # the shell reads its parameter document itself: every line, quotes, backslashes, blanks and all
+    tricky = "  two  spaces, a \\ backslash, 'quotes' \"too\"\nsecond line\\n\n\nafter a blank\t$HOME `x`"
+    echoed = wait_for(execute(admin_api, "core.echo", {"message": tricky})["id"], "succeeded")
+    assert echoed.result["stdout"] == tricky + "\n"
+    printed = wait_for(execute(admin_api, "core.local", {"cmd": "printf '%s|' \"$cmd\" \"$0\"; echo"})["id"],
+                       "succeeded")
+    assert printed.result["stdout"] == "|/bin/sh|\n"  # the command's shell has none of the wrapper's variables
     stats = admin_api.get("/api/v1/executions/stats?pack=core").json()
-    assert stats["by_status"] == {"succeeded": 2, "failed": 1} and stats["total"] == 3
+    assert stats["by_status"] == {"succeeded": 4, "failed": 1} and stats["total"] == 5
 
 
 def test_secret_pack_config_through_a_template_stays_secret(admin_api, testpack):

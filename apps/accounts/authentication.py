@@ -9,20 +9,27 @@ from rest_framework import authentication, exceptions
 from rest_framework_simplejwt import authentication as simplejwt
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 
+from apps.core.generation import RowMemo
 from apps.core.rows import get_by_pk
 
 from .models import ApiToken, hash_token
 
+_users = RowMemo()
+
 
 class JWTAuthentication(simplejwt.JWTAuthentication):
     """simplejwt's authentication, with the user read by primary key in one hand-written SELECT (every API
-    request pays for this read; the ORM's compilation of it cost more than the query). Same checks: the user
-    exists and is active, and (when enabled) the password has not changed since the token was issued."""
+    request pays for this read; the ORM's compilation of it cost more than the query), and that row kept per
+    process under the configuration generation (``apps.core.generation``: any committed save or delete of a
+    user replaces it, so a deactivated user is refused at once; a change made without ``save()`` is seen
+    within RECHECK_SECONDS). Each request gets its own user instance (grants are never carried over). Same
+    checks: the user exists and is active, and (when enabled) the password has not changed since the token
+    was issued."""
 
     def get_user(self, validated_token):
         if jwt_settings.USER_ID_FIELD != "id" or jwt_settings.USER_ID_CLAIM not in validated_token:
             return super().get_user(validated_token)
-        user = get_by_pk(self.user_model, validated_token[jwt_settings.USER_ID_CLAIM])
+        user = get_by_pk(self.user_model, validated_token[jwt_settings.USER_ID_CLAIM], memo=_users)
         if user is None:
             raise exceptions.AuthenticationFailed(_("User not found"), code="user_not_found")
         if jwt_settings.CHECK_USER_IS_ACTIVE and not user.is_active:

@@ -3,21 +3,39 @@ from __future__ import annotations
 
 from django.db import connections
 
+from apps.core.generation import RowMemo
 from apps.core.rows import reader
 from apps.packs.models import Pack, Runtime
 
 from .models import Action
 
 _sql: dict[tuple[str, bool], str] = {}
+_by_ref = RowMemo()
 
 
-def action_with_runtime(*, ref: str | None = None, pk: int | None = None) -> Action | None:
+def action_with_runtime(*, ref: str | None = None, pk: int | None = None, cached: bool = False) -> Action | None:
     """The action with its ``pack`` and ``runner_type`` loaded — what
     ``Action.objects.select_related("pack", "runner_type").filter(ref=...).first()`` returns — in one
-    hand-written join, always read fresh (no cache: a disabled or edited action takes effect at once)."""
+    hand-written join. ``cached`` (by ref): the row may come from this process's memo, valid under the
+    configuration generation (``apps.core.generation``: any committed save or delete of an action, pack or
+    runtime, and enable/disable, replaces it — a disabled or edited action takes effect at once); otherwise
+    read fresh."""
     if (ref is None) == (pk is None):
         raise TypeError("give exactly one of ref or pk")
     actions, packs, runtimes = reader(Action, "a"), reader(Pack, "p"), reader(Runtime, "r")
+    if cached and ref is not None:
+        row = _by_ref.get_or_fetch((actions.using, ref), lambda: _fetch(actions, packs, runtimes, ref, pk))
+    else:
+        row = _fetch(actions, packs, runtimes, ref, pk)
+    if row is None:
+        return None
+    action = actions.build(row)
+    action._state.fields_cache["pack"] = packs.build(row, actions.width)
+    action._state.fields_cache["runner_type"] = runtimes.build(row, actions.width + packs.width)
+    return action
+
+
+def _fetch(actions, packs, runtimes, ref: str | None, pk: int | None) -> tuple | None:
     connection = connections[actions.using]
     key = (actions.using, ref is not None)
     sql = _sql.get(key)
@@ -35,9 +53,4 @@ def action_with_runtime(*, ref: str | None = None, pk: int | None = None) -> Act
     with connection.cursor() as cursor:
         cursor.execute(sql, [ref if ref is not None else pk])
         row = cursor.fetchone()
-    if row is None:
-        return None
-    action = actions.build(row)
-    action._state.fields_cache["pack"] = packs.build(row, actions.width)
-    action._state.fields_cache["runner_type"] = runtimes.build(row, actions.width + packs.width)
-    return action
+    return tuple(row) if row is not None else None

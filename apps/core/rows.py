@@ -88,9 +88,19 @@ def lock_clause(using: str, *, no_key: bool = False) -> str:
 _by_pk_sql: dict[tuple[type, str], str] = {}
 
 
-def get_by_pk(model: type[models.Model], pk: Any) -> models.Model | None:
-    """``model.objects.filter(pk=pk).first()`` without the ORM's query compilation."""
+def get_by_pk(model: type[models.Model], pk: Any, *, memo=None) -> models.Model | None:
+    """``model.objects.filter(pk=pk).first()`` without the ORM's query compilation. ``memo``: a
+    :class:`apps.core.generation.RowMemo` that may answer with the row instead of the database (every call
+    still builds a new instance)."""
     rows = reader(model, "t")
+    if memo is not None:
+        row = memo.get_or_fetch((model, rows.using, pk), lambda: _fetch_by_pk(model, rows, pk))
+        return rows.build(row) if row is not None else None
+    row = _fetch_by_pk(model, rows, pk)
+    return rows.build(row) if row is not None else None
+
+
+def _fetch_by_pk(model: type[models.Model], rows: RowReader, pk: Any) -> tuple | None:
     sql = _by_pk_sql.get((model, rows.using))
     if sql is None:
         qn = connections[rows.using].ops.quote_name
@@ -100,7 +110,7 @@ def get_by_pk(model: type[models.Model], pk: Any) -> models.Model | None:
     with connections[rows.using].cursor() as cursor:
         cursor.execute(sql, [pk])
         row = cursor.fetchone()
-    return rows.build(row) if row is not None else None
+    return tuple(row) if row is not None else None
 
 
 _insert_sql: dict[tuple[type, str], tuple[str, list]] = {}

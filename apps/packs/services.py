@@ -40,6 +40,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from apps.actions.schema import parameters_schema
+from apps.core import generation
 from apps.core.refs import PACK_REF_RE
 from apps.keys.crypto import KeyRingError, get_ring
 
@@ -454,6 +455,7 @@ def _register_and_swap(ref: str, root: Path, final: Path, previous: Path, create
         with transaction.atomic():
             registration = register_pack(root)  # PackError: nothing written, nothing moved
             Pack.objects.filter(ref=ref).update(path=str(final))
+            generation.changed()  # no save signal for update(): cached pack rows must see the new path
             if final.exists() or final.is_symlink():
                 os.rename(final, previous)
                 moved_old = True

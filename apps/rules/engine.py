@@ -17,15 +17,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from dataclasses import asdict
 from typing import Any
 
-from django.core.cache import cache
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
+from apps.core import generation
 from apps.core.rows import get_by_pk, insert, update
 from apps.core.templating import TemplateError, contains_template, render_condition, render_value
 from apps.executions import services as executions
@@ -95,28 +94,18 @@ class RuleIndex:
 
 _cache: dict[int, tuple[Any, tuple, float, RuleIndex]] = {}  # trigger id -> (generation, stamp, checked, index)
 _cache_lock = threading.Lock()
-GENERATION_KEY = "rules:index-generation"
-RECHECK_SECONDS = 5.0
+GENERATION_KEY = generation.KEY
+RECHECK_SECONDS = generation.RECHECK_SECONDS
 
 
 def rules_changed(**_) -> None:
     """A rule, action, pack, user or trigger was saved or deleted: every process's cached rule indexes are
     revalidated on their next event (a new generation in the shared cache, written once the change commits)."""
-    transaction.on_commit(_new_generation)
-
-
-def _new_generation() -> None:
-    try:
-        cache.set(GENERATION_KEY, uuid.uuid4().hex, timeout=None)
-    except Exception:  # the cache is down: the stamp check below still runs every RECHECK_SECONDS
-        log.warning("could not publish a new rule index generation", exc_info=True)
+    generation.changed()
 
 
 def _generation() -> Any:
-    try:
-        return cache.get(GENERATION_KEY)
-    except Exception:
-        return None
+    return generation.current()
 
 
 def _stamp(trigger_id: int) -> tuple:
@@ -134,11 +123,11 @@ def rules_for(trigger_id: int) -> RuleIndex:
     RECHECK_SECONDS old. Otherwise one aggregate over the trigger's rules (count and latest ``updated`` of the
     rules, their actions, packs, owners and the trigger) decides whether to rebuild, which also catches
     changes made without ``save()``."""
-    generation = _generation()
+    token = _generation()
     now = time.monotonic()
     with _cache_lock:
         cached = _cache.get(trigger_id)
-    if cached is not None and generation is not None and cached[0] == generation and now - cached[2] < RECHECK_SECONDS:
+    if cached is not None and token is not None and cached[0] == token and now - cached[2] < RECHECK_SECONDS:
         return cached[3]
     stamp = _stamp(trigger_id)
     if cached is not None and cached[1] == stamp:
@@ -150,7 +139,7 @@ def rules_for(trigger_id: int) -> RuleIndex:
             .order_by("id")
         ))
     with _cache_lock:
-        _cache[trigger_id] = (generation, stamp, now, index)
+        _cache[trigger_id] = (token, stamp, now, index)
     return index
 
 

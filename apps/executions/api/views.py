@@ -94,7 +94,7 @@ class ExecutionViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
         body = ExecutionCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         ref = body.validated_data["action"]
-        action = action_with_runtime(ref=ref)
+        action = action_with_runtime(ref=ref, cached=True)
         if action is None or not has_grant(request.user, "actions", "view", action.pack.ref):
             raise serializers.ValidationError({"action": [f"no action {ref!r}."]})
         if not has_grant(request.user, "executions", "execute", action.pack.ref):
@@ -327,7 +327,7 @@ class ActionOperationsViewSet(RefLookupMixin, PackScopedMixin, viewsets.GenericV
         from apps.accounts.permissions import visible_packs
         from apps.actions.selectors import action_with_runtime
 
-        action = action_with_runtime(ref=self.kwargs[self.lookup_field])
+        action = action_with_runtime(ref=self.kwargs[self.lookup_field], cached=True)
         packs = visible_packs(self.request.user, self.resource)
         if action is None or (packs is not None and action.pack.ref not in packs):
             raise Http404("No Action matches the given query.")

@@ -51,38 +51,42 @@ def _publish() -> None:
         log.warning("could not publish a new configuration generation", exc_info=True)
 
 
-_read: Callable[[], Any] | None = None
+_shared: list[Any] = []  # [client or None], filled on first use
 
 
-def _reader() -> Callable[[], Any]:
-    """How to read the generation: with Django's Redis cache, one plain GET of its key (the stored bytes are
-    the token, compared as they are: Django's ``cache.get`` costs three times the round trip in CPU, and this
-    runs on every API request); with another cache, ``cache.get``."""
-    global _read
-    if _read is None:
+def shared_redis():
+    """A plain redis-py client on the shared cache's Redis (Django's Redis cache backend), or None with
+    another cache (embedded: in-process memory). ``client.attune_key(name)`` is the key Django's cache uses
+    for ``name``. For the few per-request reads and flags: Django's ``cache.get`` costs about three times
+    the round trip in CPU."""
+    if not _shared:
         from django.conf import settings
 
         config = settings.CACHES["default"]
+        client = None
         if config["BACKEND"] == "django.core.cache.backends.redis.RedisCache" and isinstance(config["LOCATION"], str):
             import redis
 
             client = redis.Redis.from_url(config["LOCATION"], socket_timeout=2, socket_connect_timeout=2)
-            key = cache.make_key(KEY)
-            _read = lambda: client.get(key)  # noqa: E731
-        else:
-            _read = lambda: cache.get(KEY)  # noqa: E731
-    return _read
+            client.attune_key = cache.make_key
+        _shared.append(client)
+    return _shared[0]
+
+
+def _read() -> Any:
+    """The stored token: with Redis the raw bytes (compared as they are, never unpickled)."""
+    client = shared_redis()
+    return client.get(client.attune_key(KEY)) if client is not None else cache.get(KEY)
 
 
 def current(*, create: bool = False) -> Any:
     """The generation now (an opaque token), or None without the shared cache. ``create``: start one if
     there is none yet (a fresh cache), so the caches work before the first change."""
     try:
-        read = _reader()
-        found = read()
+        found = _read()
         if found is None and create:
             cache.add(KEY, uuid.uuid4().hex, timeout=None)  # add: another process's new one wins
-            found = read()
+            found = _read()
         return found
     except Exception:
         return None

@@ -25,7 +25,7 @@ from django.db.models import Count, Max
 from django.utils import timezone
 
 from apps.core import generation
-from apps.core.rows import get_by_pk, insert, update
+from apps.core.rows import get_by_pk, insert, reader, statement, update
 from apps.core.templating import TemplateError, contains_template, render_condition, render_value
 from apps.executions import services as executions
 from apps.executions.parameters import ParameterError
@@ -220,14 +220,26 @@ def process(event_id: int) -> dict[str, int]:
     event = get_by_pk(Event, event_id)
     if event is None or event.status == EventStatus.INVALID or event.trigger_id is None:
         return {"rules": 0, "matched": 0}
-    index = rules_for(event.trigger_id)
+    seen = event.processed_at is not None or event.redispatched_at is not None or _redelivered()
+    outcome = _match(event, seen)
+    _mark_processed([event.pk])
+    return outcome
+
+
+def _match(event: Event, seen: bool, indexes: dict[int, RuleIndex] | None = None) -> dict[str, int]:
+    """Enforce the event's matching rules. ``seen``: it may have been matched before (a redelivered message,
+    the re-dispatch job): the rules it already enforced are skipped; a first delivery saves that query.
+    ``indexes``: rule indexes already looked up in this batch, by trigger id."""
+    if indexes is None:
+        index = rules_for(event.trigger_id)
+    else:
+        index = indexes.get(event.trigger_id)
+        if index is None:
+            index = indexes[event.trigger_id] = rules_for(event.trigger_id)
     event_dict = _event_dict(event)
     context = event_context(event.payload, event=event_dict)  # shared by every rule of this event
     targeted = (event.meta or {}).get("rule")
     rules = [r for r in index.rules if r.ref == targeted] if targeted else index.candidates(context)
-    # An event seen before (a redelivered message, the re-dispatch job) skips the rules it already enforced;
-    # a first delivery (never processed, never re-sent) has none to skip and saves the query.
-    seen = event.processed_at is not None or event.redispatched_at is not None or _redelivered()
     done = (set(Enforcement.objects.filter(event_id=event.pk).values_list("rule_id", flat=True))
             if rules and seen else set())
     matched = 0
@@ -243,27 +255,106 @@ def process(event_id: int) -> dict[str, int]:
             matched += enforce(rule, event, event_dict, context)
         except Exception:  # a bug in one rule's path must not stop the event's other rules
             log.exception("rule %s failed on event %s", rule.ref, event.pk)
-    _mark_processed(event.pk)
     return {"rules": len(rules), "matched": matched}
 
 
-_processed_sql: dict[str, str] = {}
+# --- the event pump ------------------------------------------------------------------------------------
+# Events are matched in batches by a pump (task ``attune.rules.process_events``) rather than one Celery
+# message per event: a message costs the worker about 1 ms of CPU before any matching starts, which at a few
+# hundred webhooks a second was a third of the machine. triggers.services.wake() publishes a pump message
+# only when none is pending (a flag in the shared cache), so a burst costs a handful of messages.
+
+PUMP_BATCH = 200  # events per transaction
+PUMP_BATCH_SQLITE = 50  # embedded: a batch holds SQLite's one write lock, which webhook inserts wait for
+PUMP_SECONDS = 20.0  # then the pump hands the rest to a new message (one backlog never holds a thread long)
+PUMP_LINGER_SECONDS = 0.2  # an idle pump keeps looking this long (flag still set) before it ends
+PUMP_POLL_SECONDS = 0.01
 
 
-def _mark_processed(event_id: int) -> None:
-    """``received → processed`` (a conditional update, hand-written: it runs once per event)."""
+def pump() -> int:
+    """Match the events still ``received``, oldest first, in batches, until none is left. Returns how many
+    were taken. An empty batch is retried every PUMP_POLL_SECONDS for PUMP_LINGER_SECONDS (the pending flag
+    still set, so webhooks meanwhile publish nothing); then the pump clears the flag and looks once more: an
+    event committed before the clear is found by that look; one committed after it publishes a new pump."""
+    from apps.triggers.services import clear_pump_flag, wake
+
+    deadline = time.monotonic() + PUMP_SECONDS
+    after = 0  # within one run each event is tried once (one that fails is left to the re-dispatch job)
+    total = 0
+    cleared = False
+    idle_since: float | None = None
+    while True:
+        try:
+            count, after = process_pending(after)
+        except Exception:  # a batch failed whole (database trouble): its events stay received; the next
+            clear_pump_flag()  # event publishes a new pump instead of waiting for the flag to expire
+            raise
+        total += count
+        if count:
+            idle_since = None
+            if time.monotonic() > deadline:
+                wake(force=True)
+                return total
+            continue
+        if cleared:
+            return total
+        now = time.monotonic()
+        idle_since = idle_since or now
+        if now - idle_since < PUMP_LINGER_SECONDS and now < deadline:
+            time.sleep(PUMP_POLL_SECONDS)  # under a steady stream the next batch is a few ms away: a new
+            continue  # pump message per lull would cost more than these polls
+        clear_pump_flag()
+        cleared = True
+
+
+def process_pending(after: int = 0, limit: int | None = None) -> tuple[int, int]:
+    """One batch in one transaction: up to ``limit`` events still ``received`` with an id above ``after``,
+    locked (PostgreSQL: ``SKIP LOCKED``, so concurrent pumps take different events), matched, marked
+    ``processed``. An event whose matching raises stays ``received`` (logged; the re-dispatch job retries
+    it). A crash rolls the whole batch back: nothing of it is half-done. Returns (events taken, last id)."""
+    rows = reader(Event, "t", write=True)
+    connection = connections[rows.using]
+    skip_locked = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    if limit is None:
+        limit = PUMP_BATCH if connection.vendor == "postgresql" else PUMP_BATCH_SQLITE
+    sql = statement("rules.engine.pending", rows.using, lambda qn: (
+        f"SELECT {rows.columns} FROM {rows.table} t WHERE t.{qn('status')} = %s AND t.{qn('id')} > %s "
+        f"ORDER BY t.{qn('id')} LIMIT %s{skip_locked}"))
+    with transaction.atomic(using=rows.using):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [EventStatus.RECEIVED, after, limit])
+            fetched = cursor.fetchall()
+        if not fetched:
+            return 0, after
+        events = [rows.build(row) for row in fetched]
+        done = []
+        indexes: dict[int, RuleIndex] = {}  # one rule-index lookup per trigger per batch
+        for event in events:
+            if event.trigger_id is None:
+                done.append(event.pk)  # its trigger was deleted: nothing will ever match it
+                continue
+            try:
+                _match(event, event.processed_at is not None or event.redispatched_at is not None, indexes)
+            except Exception:
+                log.exception("matching event %s failed; it stays received for the re-dispatch job", event.pk)
+                continue
+            done.append(event.pk)
+        _mark_processed(done)
+    return len(events), events[-1].pk
+
+
+def _mark_processed(event_ids: list[int]) -> None:
+    """``received → processed`` (a conditional update, hand-written: it runs once per event or batch)."""
+    if not event_ids:
+        return
     using = router.db_for_write(Event)
     connection = connections[using]
-    sql = _processed_sql.get(using)
-    if sql is None:
-        qn = connection.ops.quote_name
-        sql = _processed_sql[using] = (
-            f"UPDATE {qn(Event._meta.db_table)} SET {qn('status')} = %s, {qn('processed_at')} = %s "
-            f"WHERE {qn('id')} = %s AND {qn('status')} = %s"
-        )
+    qn = connection.ops.quote_name
+    sql = (f"UPDATE {qn(Event._meta.db_table)} SET {qn('status')} = %s, {qn('processed_at')} = %s "
+           f"WHERE {qn('id')} IN ({', '.join(['%s'] * len(event_ids))}) AND {qn('status')} = %s")
     now = Event._meta.get_field("processed_at").get_db_prep_save(timezone.now(), connection)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [EventStatus.PROCESSED, now, event_id, EventStatus.RECEIVED])
+        cursor.execute(sql, [EventStatus.PROCESSED, now, *event_ids, EventStatus.RECEIVED])
 
 
 def _redelivered() -> bool:

@@ -1,6 +1,6 @@
-"""No accepted event is lost: events still ``received`` (their matching message was lost, e.g. the
-process died mid-burst) are dispatched again. Matching is idempotent (one enforcement per rule and event),
-so a duplicate message is harmless."""
+"""No accepted event is lost: events still ``received`` (their pump message was lost, e.g. the process died
+mid-burst, or their matching failed) are dispatched again. Matching is idempotent (one enforcement per rule
+and event), so a duplicate message is harmless."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from apps.core.periodic import on_startup, register
 from apps.triggers.models import Event, EventStatus
-from apps.triggers.services import dispatch
+from apps.triggers.services import dispatch, wake
 
 BATCH = 5000
 
@@ -39,5 +39,10 @@ def redispatch_stale_events(older_than: float | None = None) -> int:
 
 @on_startup("rules.redispatch_events")
 def redispatch_on_startup() -> int:
-    # Embedded mode: the in-memory queue died with the process, so every unmatched event is re-sent now.
-    return redispatch_stale_events(older_than=0) if settings.EMBEDDED else 0
+    """A pump now for every event still ``received``: the in-memory queue (embedded) died with the process,
+    and a killed worker's pump message (production) waits for the broker's visibility timeout. Returns how
+    many events were waiting."""
+    waiting = Event.objects.filter(status=EventStatus.RECEIVED).count()
+    if waiting:
+        wake(force=True)
+    return waiting

@@ -1,7 +1,9 @@
 """Events in: every source (webhooks, timers, sensors, the API, the system) goes through :func:`emit`.
 
 The event row is written first (durable), then — after commit — the rules layer is asked by task name to
-match it (``attune.rules.process_event``), so this layer never imports the rules layer. An event whose
+match it, so this layer never imports the rules layer: :func:`wake` publishes the event pump
+(``attune.rules.process_events``, which matches every ``received`` event in batches) unless one is already
+pending; the re-dispatch job sends single events again (``attune.rules.process_event``). An event whose
 payload violates its trigger's schema is kept with status ``invalid`` and the reason, and is not matched.
 """
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.core.cache import cache
 from django.db import transaction
 from jsonschema import Draft202012Validator
 
@@ -20,7 +23,12 @@ from .models import Event, EventStatus, Trigger
 log = logging.getLogger("attune.events")
 
 PROCESS_EVENT_TASK = "attune.rules.process_event"
+PROCESS_EVENTS_TASK = "attune.rules.process_events"
 EVENTS_QUEUE = "orchestration"
+PUMP_FLAG = "rules:event-pump-pending"
+# A pump message is pending (published, not yet emptied the backlog) while this flag is set. Its expiry bounds
+# how long a lost pump (a worker killed with it) can keep new events from publishing another.
+PUMP_FLAG_SECONDS = 30
 
 
 class UnknownTrigger(LookupError):
@@ -75,9 +83,49 @@ def emit(
         source_event=source_event,
     ))
     if not errors:
-        event_id = event.pk
-        transaction.on_commit(lambda: dispatch(event_id))
+        transaction.on_commit(wake)
     return event
+
+
+def wake(*, force: bool = False) -> None:
+    """Make sure a pump looks at the events committed so far: publish one unless one is pending (``force``:
+    publish anyway, and mark it pending). If the flag cannot be read (the cache is down), publish."""
+    try:
+        if not _set_pump_flag(force):
+            return
+    except Exception:
+        log.warning("event pump flag unavailable: publishing a pump", exc_info=True)
+    try:
+        celery_app.send_task(PROCESS_EVENTS_TASK, queue=EVENTS_QUEUE, ignore_result=True, argsrepr="()",
+                             kwargsrepr="{}")
+    except Exception:  # the events are stored: the re-dispatch job and the next wake() match them
+        log.error("could not publish the event pump; stored events wait for the re-dispatch job", exc_info=True)
+        try:
+            clear_pump_flag()
+        except Exception:
+            pass
+
+
+def _set_pump_flag(force: bool) -> bool:
+    from apps.core.generation import shared_redis
+
+    client = shared_redis()
+    if client is not None:  # one plain SET NX EX: Django's cache.add costs three times as much CPU
+        return bool(client.set(client.attune_key(PUMP_FLAG), b"1", nx=not force, ex=PUMP_FLAG_SECONDS))
+    if force:
+        cache.set(PUMP_FLAG, 1, timeout=PUMP_FLAG_SECONDS)
+        return True
+    return cache.add(PUMP_FLAG, 1, timeout=PUMP_FLAG_SECONDS)
+
+
+def clear_pump_flag() -> None:
+    from apps.core.generation import shared_redis
+
+    client = shared_redis()
+    if client is not None:
+        client.delete(client.attune_key(PUMP_FLAG))
+    else:
+        cache.delete(PUMP_FLAG)
 
 
 def dispatch(event_id: int) -> None:

@@ -279,17 +279,18 @@ def pump() -> int:
     from apps.triggers.services import clear_pump_flag, wake
 
     deadline = time.monotonic() + PUMP_SECONDS
-    after = 0  # within one run each event is tried once (one that fails is left to the re-dispatch job)
+    failed: set[int] = set()  # within one run each event is tried once (one that fails: the re-dispatch job)
     total = 0
     cleared = False
     idle_since: float | None = None
     while True:
         try:
-            count, after = process_pending(after)
+            count, failures = process_pending(failed)
         except Exception:  # a batch failed whole (database trouble): its events stay received; the next
             clear_pump_flag()  # event publishes a new pump instead of waiting for the flag to expire
             raise
         total += count
+        failed.update(failures)
         if count:
             idle_since = None
             if time.monotonic() > deadline:
@@ -307,27 +308,31 @@ def pump() -> int:
         cleared = True
 
 
-def process_pending(after: int = 0, limit: int | None = None) -> tuple[int, int]:
-    """One batch in one transaction: up to ``limit`` events still ``received`` with an id above ``after``,
-    locked (PostgreSQL: ``SKIP LOCKED``, so concurrent pumps take different events), matched, marked
+def process_pending(skip: frozenset[int] | set[int] = frozenset(), limit: int | None = None) -> tuple[int, list[int]]:
+    """One batch in one transaction: up to ``limit`` of the oldest events still ``received`` (except the ids in
+    ``skip``), locked (PostgreSQL: ``SKIP LOCKED``, so concurrent pumps take different events), matched, marked
     ``processed``. An event whose matching raises stays ``received`` (logged; the re-dispatch job retries
-    it). A crash rolls the whole batch back: nothing of it is half-done. Returns (events taken, last id)."""
+    it). A crash rolls the whole batch back: nothing of it is half-done. Returns (events taken, the ids of
+    those that failed). Always from the oldest: an event whose INSERT committed after a later one's is
+    never passed over."""
     rows = reader(Event, "t", write=True)
     connection = connections[rows.using]
     skip_locked = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
     if limit is None:
         limit = PUMP_BATCH if connection.vendor == "postgresql" else PUMP_BATCH_SQLITE
     sql = statement("rules.engine.pending", rows.using, lambda qn: (
-        f"SELECT {rows.columns} FROM {rows.table} t WHERE t.{qn('status')} = %s AND t.{qn('id')} > %s "
+        f"SELECT {rows.columns} FROM {rows.table} t WHERE t.{qn('status')} = %s{{skip}} "
         f"ORDER BY t.{qn('id')} LIMIT %s{skip_locked}"))
+    qn = connection.ops.quote_name
+    sql = sql.replace("{skip}", f" AND t.{qn('id')} NOT IN ({', '.join(['%s'] * len(skip))})" if skip else "")
     with transaction.atomic(using=rows.using):
         with connection.cursor() as cursor:
-            cursor.execute(sql, [EventStatus.RECEIVED, after, limit])
+            cursor.execute(sql, [EventStatus.RECEIVED, *sorted(skip), limit])
             fetched = cursor.fetchall()
         if not fetched:
-            return 0, after
+            return 0, []
         events = [rows.build(row) for row in fetched]
-        done = []
+        done, failed = [], []
         indexes: dict[int, RuleIndex] = {}  # one rule-index lookup per trigger per batch
         for event in events:
             if event.trigger_id is None:
@@ -337,10 +342,11 @@ def process_pending(after: int = 0, limit: int | None = None) -> tuple[int, int]
                 _match(event, event.processed_at is not None or event.redispatched_at is not None, indexes)
             except Exception:
                 log.exception("matching event %s failed; it stays received for the re-dispatch job", event.pk)
+                failed.append(event.pk)
                 continue
             done.append(event.pk)
         _mark_processed(done)
-    return len(events), events[-1].pk
+    return len(events), failed
 
 
 def _mark_processed(event_ids: list[int]) -> None:

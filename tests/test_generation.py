@@ -113,3 +113,21 @@ def test_enable_and_disable_endpoints_publish_a_new_generation(django_capture_on
     with django_capture_on_commit_callbacks(execute=True):
         assert client.post(f"/api/v1/rules/{rule.ref}/disable").status_code == 200
     assert generation.current() not in (None, before)
+
+
+def test_webhook_rows_are_kept_and_a_regenerated_or_disabled_key_is_refused_at_once(django_assert_num_queries):
+    from apps.triggers import webhooks
+    from tests.factories import TriggerFactory
+
+    trigger = TriggerFactory()
+    hook, issued = webhooks.enable(trigger, {})
+    key_hash = webhooks.hash_key(issued.key)
+    assert webhooks._enabled_webhook(key_hash).pk == hook.pk
+    with django_assert_num_queries(0):
+        assert webhooks._enabled_webhook(key_hash).trigger.pk == trigger.pk
+    new = webhooks.regenerate(hook)
+    assert webhooks._enabled_webhook(key_hash) is None  # the old key: refused at once
+    new_hash = webhooks.hash_key(new.key)
+    assert webhooks._enabled_webhook(new_hash).pk == hook.pk
+    webhooks.disable(hook)
+    assert webhooks._enabled_webhook(new_hash) is None

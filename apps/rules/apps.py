@@ -26,17 +26,17 @@ class RulesConfig(AppConfig):
         post_save.connect(forget, sender=Rule, dispatch_uid="rules.execution_completed.cache")
         post_delete.connect(forget, sender=Rule, dispatch_uid="rules.execution_completed.cache.delete")
 
-        # Cached rule indexes (engine.rules_for), JWT users and execute-endpoint actions are revalidated after
-        # any change to what they hold (apps.core.generation).
+        # Cached rule indexes (engine.rules_for), JWT users, execute-endpoint actions and webhooks are
+        # revalidated after any change to what they hold (apps.core.generation).
         from django.contrib.auth import get_user_model
 
         from apps.actions.models import Action
         from apps.packs.models import Pack, Runtime
-        from apps.triggers.models import Trigger
+        from apps.triggers.models import Trigger, Webhook
 
         from .engine import rules_changed
 
-        for model in (Rule, Action, Pack, Runtime, Trigger, get_user_model()):
+        for model in (Rule, Action, Pack, Runtime, Trigger, Webhook, get_user_model()):
             label = model._meta.label_lower
             post_save.connect(rules_changed, sender=model, dispatch_uid=f"rules.index.{label}.save")
             post_delete.connect(rules_changed, sender=model, dispatch_uid=f"rules.index.{label}.delete")

@@ -24,6 +24,7 @@ from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.core.generation import RowMemo
 from apps.core.rows import reader
 from apps.keys.crypto import get_ring
 from apps.packs.models import Pack
@@ -169,9 +170,7 @@ def _enabled_webhook(key_hash: str) -> Webhook | None:
             f"JOIN {packs.table} p ON p.{qn('id')} = t.{qn('pack_id')} "
             f"WHERE w.{qn('key_hash')} = %s AND w.{qn('enabled')} = %s"
         )
-    with connections[using].cursor() as cursor:
-        cursor.execute(sql, [key_hash, True])
-        row = cursor.fetchone()
+    row = _webhooks.get_or_fetch((using, key_hash), lambda: _fetch_webhook(using, sql, key_hash))
     if row is None:
         return None
     webhook = hooks.build(row)
@@ -179,6 +178,19 @@ def _enabled_webhook(key_hash: str) -> Webhook | None:
     trigger._state.fields_cache["pack"] = packs.build(row, hooks.width + triggers.width)
     webhook._state.fields_cache["trigger"] = trigger
     return webhook
+
+
+def _fetch_webhook(using: str, sql: str, key_hash: str) -> tuple | None:
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, [key_hash, True])
+        row = cursor.fetchone()
+    return tuple(row) if row is not None else None
+
+
+# Rows by key hash, kept per process under the configuration generation (apps.core.generation): enabling,
+# regenerating or disabling a webhook, or changing its trigger or pack, replaces the generation, so a
+# revoked key is refused on the next request.
+_webhooks = RowMemo()
 
 
 @csrf_exempt

@@ -36,6 +36,17 @@ def published():
             connection.default_channel.queue_purge(queue)
 
 
+def before_each_match(monkeypatch, hook):
+    """Run ``hook(event)`` before the engine matches each event (it may raise, as a broken rule path would)."""
+    match = engine._match
+
+    def wrapped(event, seen, indexes=None):
+        hook(event)
+        return match(event, seen, indexes)
+
+    monkeypatch.setattr(engine, "_match", wrapped)
+
+
 def emit_committed(trigger, payloads, capture):
     events = []
     for payload in payloads:
@@ -89,14 +100,12 @@ def test_an_event_whose_matching_fails_stays_received_and_the_rest_go_on(publish
     events = emit_committed(rule.trigger, [{"severity": "info", "n": i} for i in range(5)],
                             django_capture_on_commit_callbacks)
     poison = events[2].pk
-    match = engine._match
 
-    def failing(event, seen, indexes=None):
+    def failing(event):
         if event.pk == poison:
             raise RuntimeError("boom")
-        return match(event, seen, indexes)
 
-    monkeypatch.setattr(engine, "_match", failing)
+    before_each_match(monkeypatch, failing)
     assert engine.pump() == 5  # taken once each, and the pump ends (no retry loop on the bad one)
     statuses = dict(Event.objects.filter(pk__in=[e.pk for e in events]).values_list("id", "status"))
     assert statuses.pop(poison) == EventStatus.RECEIVED  # left for the re-dispatch job
@@ -108,13 +117,7 @@ def test_batches_follow_event_order_and_size(published, monkeypatch, django_capt
     events = emit_committed(rule.trigger, [{"severity": "info", "n": i} for i in range(7)],
                             django_capture_on_commit_callbacks)
     order: list[int] = []
-    match = engine._match
-
-    def recording(event, seen, indexes=None):
-        order.append(event.pk)
-        return match(event, seen, indexes)
-
-    monkeypatch.setattr(engine, "_match", recording)
+    before_each_match(monkeypatch, lambda event: order.append(event.pk))
     monkeypatch.setattr(engine, "PUMP_BATCH", 3)
     monkeypatch.setattr(engine, "PUMP_BATCH_SQLITE", 3)
     assert engine.process_pending(limit=3) == (3, [])
